@@ -1,0 +1,37 @@
+# Every target creates .venv on first use (idempotent) and runs inside it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/demo
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: venv demo test lint format bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m dreamer4_jax.demo --workdir=$(WORKDIR)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --out=benchmarks/results/bench.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

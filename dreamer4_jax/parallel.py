@@ -1,0 +1,144 @@
+"""Device mesh, logical-axis sharding, sharded state creation and global batches (DESIGN 5).
+
+Model code names its dimensions with logical axes ('embed', 'mlp', 'batch', ...); the config's
+rules table maps them to the mesh axes ('data', 'fsdp', 'model'). Nothing here knows a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'model')
+BATCH_AXES = ('data', 'fsdp')  # a batch dimension is split over both (FSDP also splits data)
+
+Rules = Sequence[tuple[str, Any]]
+
+
+def maybe_initialize_distributed(config) -> None:
+    """Calls jax.distributed.initialize() for multi-process runs (before any other jax call)."""
+    d = config.distributed
+    if not d.enabled:
+        return
+    kwargs = {}
+    if d.coordinator_address:
+        kwargs = dict(
+            coordinator_address=d.coordinator_address,
+            num_processes=int(d.num_processes),
+            process_id=int(d.process_id),
+        )
+    # On TPU pods and SLURM clusters jax discovers all three values by itself.
+    jax.distributed.initialize(**kwargs)
+
+
+def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, model) mesh; `mesh_shape` must already be resolved (no -1)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if math.prod(mesh_shape) != len(devices):
+        raise ValueError(f'mesh shape {tuple(mesh_shape)} does not match {len(devices)} devices')
+    grid = np.asarray(devices, dtype=object).reshape(tuple(mesh_shape))
+    # Classic auto-sharding axes: model code never sees the mesh, jit propagates shardings.
+    return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
+    if name is None:
+        return ()
+    for logical, mesh_axes in rules:
+        if logical == name:
+            if mesh_axes is None:
+                return ()
+            return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    return ()
+
+
+def logical_to_spec(
+    logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
+) -> P:
+    """Maps logical names of one array to a PartitionSpec for this mesh.
+
+    A mesh axis is dropped (that dimension is replicated over it) when it does not divide the
+    dimension or was already used by an earlier dimension, so one rules table serves every model
+    size, including GQA with fewer KV heads than the model axis.
+    """
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(logical, shape, strict=True):
+        axes = []
+        size = 1
+        for axis in _mesh_axes_for(name, rules):
+            axis_size = mesh.shape[axis]
+            if axis in used or axis_size == 1 or dim % (size * axis_size):
+                continue
+            axes.append(axis)
+            size *= axis_size
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    return P(*spec)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a (possibly boxed) abstract tree; the result matches the unboxed tree.
+
+    Leaves boxed with `nn.with_logical_partitioning` get their logical names mapped through the
+    rules; every other leaf is replicated.
+    """
+
+    def one(leaf):
+        if isinstance(leaf, nn.LogicallyPartitioned):
+            value = leaf.value
+            return NamedSharding(mesh, logical_to_spec(leaf.names, value.shape, mesh, rules))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args) -> tuple:
+    """Creates a pytree already sharded: eval_shape for the layout, then jit with out_shardings.
+
+    Returns (unboxed_tree, shardings). Nothing full-size is materialized on one device.
+    """
+    with nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(init_fn, *args)
+    shardings = logical_shardings(abstract, mesh, rules)
+
+    def init_unboxed(*a):
+        with nn.logical_axis_rules(rules):
+            return nn.unbox(init_fn(*a))
+
+    with jax.set_mesh(mesh):
+        tree = jax.jit(init_unboxed, out_shardings=shardings)(*args)
+    return tree, shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over data x fsdp; every other dimension replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def host_to_global(batch: Any, mesh: Mesh) -> Any:
+    """Turns this process's share of a batch into global arrays split over the batch axes.
+
+    Each process passes only the rows it read; the global batch is their concatenation in
+    process order (jax.make_array_from_process_local_data).
+    """
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+    )
+
+
+def global_batch_size_to_local(batch_size: int) -> int:
+    """This process's share of a global batch (validated divisible by config_checks)."""
+    return batch_size // jax.process_count()

@@ -1,0 +1,86 @@
+"""Metrics output: workdir/metrics.jsonl, TensorBoard event files, and a progress line.
+
+Only process 0 writes; the others keep quiet. metrics.jsonl is appended (a resumed run continues
+the same file), one JSON object per line: {"step": N, "name": value, ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return '?'
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, *, phase: str, total_steps: int, main_metrics: Sequence[str]):
+        self.enabled = jax.process_index() == 0
+        self.phase = phase
+        self.total_steps = total_steps
+        self.main_metrics = tuple(main_metrics)
+        self._t0 = None
+        self._s0 = 0
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+        self._jsonl = open(self.jsonl_path, 'a', buffering=1)  # noqa: SIM115 - closed in close()
+        from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard', phase))
+
+    def start(self, step: int) -> None:
+        self._t0, self._s0 = time.perf_counter(), step
+
+    def write(self, step: int, metrics: Mapping[str, float], *, prefix: str = '') -> None:
+        if not self.enabled:
+            return
+        row = {'step': int(step), 'phase': self.phase}
+        for k, v in metrics.items():
+            row[prefix + k] = float(v)
+            self._tb.add_scalar(f'{prefix}{k}', float(v), int(step))
+        self._jsonl.write(json.dumps(row) + '\n')
+
+    def progress(self, step: int, metrics: Mapping[str, float]) -> dict:
+        """Prints 'phase step/total | steps/s | ETA | main losses'; returns the speed figures.
+
+        The rate is over the interval since the previous call, so compile time shows only in
+        the first interval and the ETA follows the current speed.
+        """
+        now = time.perf_counter()
+        elapsed = now - (self._t0 or now)
+        done = step - self._s0
+        rate = done / elapsed if elapsed > 0 and done > 0 else float('nan')
+        self._t0, self._s0 = now, step
+        eta = (self.total_steps - step) / rate if rate == rate and rate > 0 else float('nan')
+        if self.enabled:
+            shown = [k for k in self.main_metrics if k in metrics] or sorted(metrics)[:4]
+            losses = '  '.join(f'{k}={float(metrics[k]):.4g}' for k in shown)
+            print(
+                f'[{self.phase}] step {step}/{self.total_steps} | {rate:.2f} steps/s | '
+                f'ETA {_fmt_duration(eta)} | {losses}',
+                flush=True,
+            )
+        return {'steps_per_sec': rate}
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            print(f'[{self.phase}] {text}', file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()

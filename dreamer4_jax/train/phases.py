@@ -1,0 +1,30 @@
+"""Phase registry: config.phase -> a Phase for the shared loop."""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+from dreamer4_jax import config_checks
+from dreamer4_jax.train import loop
+
+# name -> module with make_phase(config) -> loop.Phase. Modules are imported on demand so that a
+# phase's heavy dependencies (LPIPS weights, Craftax) load only when that phase runs.
+PHASES = {
+    'toy': 'dreamer4_jax.train.toy',
+}
+
+
+def make_phase(config: ml_collections.ConfigDict) -> loop.Phase:
+    if config.phase not in PHASES:
+        raise config_checks.ConfigError(
+            f'config.phase={config.phase!r} is not a phase. Choose one of: '
+            f'{", ".join(sorted(PHASES))}.'
+        )
+    return importlib.import_module(PHASES[config.phase]).make_phase(config)
+
+
+def run_phase(config: ml_collections.ConfigDict, workdir: str) -> loop.RunResult:
+    config_checks.check_workdir(workdir)
+    return loop.run(make_phase(config), config, workdir)
