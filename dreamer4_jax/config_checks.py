@@ -108,6 +108,8 @@ def check_workdir(workdir: str) -> None:
     """The workdir may not exist yet, but its parent must (we never create deep trees by typo)."""
     if not workdir:
         raise ConfigError('--workdir is required: the folder for checkpoints, metrics and outputs.')
+    if '://' in workdir:  # gs://bucket/run on TPU pods: orbax writes there; nothing to check here
+        return
     parent = os.path.dirname(os.path.abspath(workdir))
     if not os.path.isdir(parent):
         raise ConfigError(

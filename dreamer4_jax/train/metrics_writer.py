@@ -35,6 +35,10 @@ class MetricsWriter:
         self._s0 = 0
         if not self.enabled:
             return
+        if '://' in workdir:
+            # Object stores cannot append: metrics go to a local mirror, checkpoints to the bucket.
+            workdir = os.path.join('runs', workdir.split('://', 1)[1].replace('/', '_'))
+            print(f'[{phase}] metrics.jsonl and tensorboard/ are written locally to {workdir}')
         os.makedirs(workdir, exist_ok=True)
         self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
         self._jsonl = open(self.jsonl_path, 'a', buffering=1)  # noqa: SIM115 - closed in close()
