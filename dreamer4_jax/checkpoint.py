@@ -117,3 +117,31 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def load_trained(workdir: str, step: int | None = None) -> tuple[Any, ml_collections.ConfigDict]:
+    """Params and config of a finished (or running) phase, from its own saved config.
+
+    Later phases use this to load a frozen earlier model (the dynamics phase loads the
+    tokenizer): the phase is rebuilt from the config stored in the checkpoint, so the caller
+    needs only the folder. Restored on the host's default device, unsharded.
+    """
+    from dreamer4_jax import parallel  # local: keeps this module free of model imports
+    from dreamer4_jax.train import phases
+
+    ckpt = Checkpointer(workdir)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(
+                f'No checkpoint in {ckpt.directory}. Train that phase first (its workdir must be '
+                'the folder given here).'
+            )
+        meta = ckpt._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        config = ml_collections.ConfigDict(meta['meta']['config'])
+        phase = phases.make_phase(config)
+        abstract = jax.eval_shape(lambda: parallel.unboxed(phase.init(jax.random.key(0))))
+        state, _ = ckpt.restore(step, abstract, None, config)
+    finally:
+        ckpt.close()
+    return state.params, config

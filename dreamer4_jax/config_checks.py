@@ -100,7 +100,8 @@ def check_batch_size(batch_size: int, mesh_shape: Sequence[int], process_count: 
     if batch_size % process_count:
         raise ConfigError(
             f'config.train.batch_size={batch_size} is not divisible by the number of processes '
-            f'{process_count}; each process feeds an equal share. Use a multiple of {process_count}.'
+            f'{process_count}; each process feeds an equal share. '
+            f'Use a multiple of {process_count}.'
         )
 
 

@@ -118,6 +118,11 @@ def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args)
     return tree, shardings
 
 
+def unboxed(tree: Any) -> Any:
+    """The tree without logical-partitioning boxes (plain arrays)."""
+    return nn.unbox(tree)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over data x fsdp; every other dimension replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))

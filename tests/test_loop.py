@@ -78,7 +78,7 @@ def test_train_step_is_traced_once(tmp_path):
         init=base.init,
         train_step=counting_step,
         make_data=base.make_data,
-        evaluate=lambda state, step: evals.append(step) or {'score': float(step)},
+        evaluate=lambda state, step, workdir: evals.append(step) or {'score': float(step)},
     )
     loop.run(phase, config, str(tmp_path / 'run'))
     assert len(traces) == 1  # checkpoints and evaluations in between never retrace
@@ -138,3 +138,16 @@ def test_rng_is_saved_and_restored(tmp_path):
     ckpt.close()
     expected = jax.random.split(jax.random.key(7))[1]
     np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(expected))
+
+
+def test_load_trained_rebuilds_the_phase_from_the_saved_config(tmp_path):
+    workdir = str(tmp_path / 'run')
+    config = _config(steps=20)
+    config.toy.width = 48  # differs from the default: must come from the checkpoint's config
+    result = loop.run(toy.make_phase(config), config, workdir)
+    params, saved = checkpoint.load_trained(workdir)
+    assert saved.toy.width == 48
+    for name, value in _params(result).items():
+        np.testing.assert_array_equal(np.asarray(params[name]), value)
+    with pytest.raises(checkpoint.CheckpointError, match='No checkpoint'):
+        checkpoint.load_trained(str(tmp_path / 'empty'))

@@ -39,17 +39,21 @@ class Phase:
     train_step(state, batch, rng) -> (state, metrics); pure, jitted once by the loop.
     make_data(process_index, process_count) -> iterator of host-local batches with grain
       checkpointing (get_state / set_state).
-    evaluate(state, step) -> dict of scalars; host side, may write files to the workdir.
+    evaluate(state, step, workdir) -> dict of scalars; host side, may write files there.
+    constants() -> pytree of frozen arrays (LPIPS weights, a frozen tokenizer) that the step
+      takes as a 4th argument, train_step(state, batch, rng, constants): passed as jit
+      arguments, never closed over (closing over large weights makes XLA constant-fold them).
     """
 
     name: str
     init: Callable[[jax.Array], Any]
     train_step: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
     make_data: Callable[[int, int], Iterator]
-    evaluate: Callable[[Any, int], dict] | None = None
+    evaluate: Callable[[Any, int, str], dict] | None = None
     main_metrics: Sequence[str] = ('loss',)
     # Metric names checked for finiteness; default: every metric whose name contains 'loss'.
     checked_metrics: Sequence[str] | None = None
+    constants: Callable[[], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -134,7 +138,7 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
 
     traces = []
 
-    def traced_step(state, batch, rng):
+    def traced_step(state, batch, rng, *consts):
         # Fails loudly if the step is ever traced twice in this run: a recompile is a bug (a
         # changing batch shape or dtype, or a Python value that should be an array).
         traces.append(1)
@@ -144,11 +148,14 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
                 'compile once (check batch shapes/dtypes and static values).'
             )
         with nn.logical_axis_rules(rules):
-            return phase.train_step(state, batch, rng)
+            return phase.train_step(state, batch, rng, *consts)
 
+    consts = ()
+    if phase.constants is not None:
+        consts = (jax.device_put(phase.constants(), repl),)
     step_fn = jax.jit(
         traced_step,
-        in_shardings=(state_shardings, batch_sharding, repl),
+        in_shardings=(state_shardings, batch_sharding, repl) + (repl,) * len(consts),
         out_shardings=(state_shardings, repl),
         donate_argnums=(0,),
     )
@@ -182,7 +189,7 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
         if phase.evaluate is None:
             return
         with jax.set_mesh(mesh):
-            results = phase.evaluate(state, step)
+            results = phase.evaluate(state, step, workdir)
         if results:
             writer.write(step, results, prefix='eval/')
             shown = '  '.join(f'{k}={v:.4g}' for k, v in results.items())
@@ -204,7 +211,7 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
                     drain()  # never save a state whose last losses were not checked finite
                     save(step)
                 batch = parallel.host_to_global(next(data), mesh)
-                state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
+                state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), *consts)
                 drain()  # reads step-1 while step runs
                 pending = (step + 1, metrics)
                 if eval_every and (step + 1) % eval_every == 0 and step + 1 < total:

@@ -1,0 +1,126 @@
+"""Reinforcement-learning math for imagination training: lambda-returns, advantages, PMPO.
+
+PAPER 10.2 (value targets, standard Dreamer indexing; see the Eq. 10 typo in PAPER 2) and
+PAPER 10.3 (PMPO policy loss with a reverse KL to the behavior-cloning prior). Imagination
+rollouts live elsewhere; this module is only the equations.
+
+Dimension keys: B batch (imagined trajectories), T time steps of a rollout.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _check_bt(**arrays: Array) -> None:
+    shapes = {k: jnp.shape(v) for k, v in arrays.items()}
+    first = next(iter(shapes.values()))
+    if len(first) != 2 or any(s != first for s in shapes.values()):
+        raise ValueError(f'Expected arrays of one shape [B, T], got {shapes}.')
+
+
+def lambda_returns(
+    rewards: Array, values: Array, continues: Array, gamma: float, lam: float
+) -> Array:
+    """TD(lambda) returns, [B, T] inputs -> [B, T-1].
+
+    `rewards[:, t]` and `continues[:, t]` belong to the transition t -> t+1 (DESIGN 4):
+      R_t = rewards_t + gamma * continues_t * ((1 - lam) * values_{t+1} + lam * R_{t+1}),
+    with R_{T-1} = values_{T-1} as the bootstrap; rewards/continues at T-1 are unused.
+    """
+    _check_bt(rewards=rewards, values=values, continues=continues)
+    if rewards.shape[1] < 2:
+        raise ValueError(f'lambda_returns needs T >= 2 steps, got shape {rewards.shape}.')
+    rewards_TB = jnp.swapaxes(rewards, 0, 1)[:-1].astype(jnp.float32)
+    cont_TB = jnp.swapaxes(continues, 0, 1)[:-1].astype(jnp.float32)
+    values_TB = jnp.swapaxes(values, 0, 1).astype(jnp.float32)
+    next_values_TB = values_TB[1:]
+
+    def step(next_ret_B, inputs):
+        r_B, c_B, v_next_B = inputs
+        ret_B = r_B + gamma * c_B * ((1.0 - lam) * v_next_B + lam * next_ret_B)
+        return ret_B, ret_B
+
+    _, returns_TB = jax.lax.scan(
+        step, values_TB[-1], (rewards_TB, cont_TB, next_values_TB), reverse=True
+    )
+    return jnp.swapaxes(returns_TB, 0, 1)
+
+
+def advantages(returns: Array, values: Array) -> Array:
+    """A_t = sg(R_t - v_t), [B, T-1] returns and [B, T] values -> [B, T-1] (PAPER 10.3).
+
+    Stop-gradient: the policy loss must not train the value head through the advantage.
+    """
+    if values.shape[1] != returns.shape[1] + 1 or values.shape[0] != returns.shape[0]:
+        raise ValueError(
+            f'advantages expects returns [B, T-1] and values [B, T]; got {returns.shape} and '
+            f'{values.shape}.'
+        )
+    return jax.lax.stop_gradient(returns - values[:, :-1])
+
+
+def alive_mask(continues: Array) -> Array:
+    """[B, T] weight 1 for steps reached before any termination, else 0.
+
+    Step t is valid iff continues_j = 1 for every j < t (continues_t ends transition t -> t+1),
+    so step 0 is always valid. Use it as the `mask` of `pmpo_loss` and of the value loss.
+    """
+    c = continues.astype(jnp.float32)
+    ones = jnp.ones_like(c[:, :1])
+    return jnp.cumprod(jnp.concatenate([ones, c[:, :-1]], axis=1), axis=1)
+
+
+def pmpo_loss_and_metrics(
+    logp: Array,
+    advantages: Array,
+    kl: Array,
+    alpha: float,
+    beta: float,
+    *,
+    mask: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """PMPO loss (PAPER 10.3, Eq. 11) and diagnostics; see `pmpo_loss`."""
+    _check_bt(logp=logp, advantages=advantages, kl=kl)
+    valid = jnp.ones_like(logp, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    adv = jax.lax.stop_gradient(advantages)
+    pos = jnp.where(adv >= 0, valid, 0.0)
+    neg = jnp.where(adv < 0, valid, 0.0)
+    n_pos, n_neg, n_all = pos.sum(), neg.sum(), valid.sum()
+    # An empty set contributes 0 (divide by max(count, 1) with a zero numerator). `where`, not a
+    # product, so masked steps may hold anything (even -inf or NaN) without leaking in.
+    mean_pos = jnp.sum(jnp.where(pos > 0, logp, 0.0)) / jnp.maximum(n_pos, 1.0)
+    mean_neg = jnp.sum(jnp.where(neg > 0, logp, 0.0)) / jnp.maximum(n_neg, 1.0)
+    mean_kl = jnp.sum(jnp.where(valid > 0, kl, 0.0)) / jnp.maximum(n_all, 1.0)
+    loss = (1.0 - alpha) * mean_neg - alpha * mean_pos + beta * mean_kl
+    metrics = {
+        'pmpo/loss': loss,
+        'pmpo/frac_positive': n_pos / jnp.maximum(n_all, 1.0),
+        'pmpo/logp_positive': mean_pos,
+        'pmpo/logp_negative': mean_neg,
+        'pmpo/kl': mean_kl,
+    }
+    return loss, metrics
+
+
+def pmpo_loss(
+    logp: Array,
+    advantages: Array,
+    kl: Array,
+    alpha: float,
+    beta: float,
+    *,
+    mask: Array | None = None,
+) -> Array:
+    """Scalar PMPO policy loss (PAPER 10.3, Eq. 11); all inputs [B, T].
+
+      L = (1 - alpha)/|D-| sum_{D-} logp - alpha/|D+| sum_{D+} logp + beta/N sum_i kl_i
+    with D+ = {A >= 0}, D- = {A < 0} over valid steps, N = number of valid steps; each sign set is
+    averaged separately and an empty set contributes 0. Only the sign of the advantage is used and
+    it is stop-gradient; `kl` = KL(pi || pi_prior) per state. `mask` (optional, [B, T]) drops
+    invalid steps (e.g. after termination) from every set and from N.
+    """
+    return pmpo_loss_and_metrics(logp, advantages, kl, alpha, beta, mask=mask)[0]

@@ -1,0 +1,170 @@
+"""lambda-returns, advantages and PMPO (PAPER 10.2, 10.3) against plain-Python references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamer4_jax.rl import (
+    advantages,
+    alive_mask,
+    lambda_returns,
+    pmpo_loss,
+    pmpo_loss_and_metrics,
+)
+
+
+def _np_lambda_returns(r, v, c, gamma, lam):
+    b, t = r.shape
+    out = np.zeros((b, t - 1))
+    for i in range(b):
+        nxt = v[i, t - 1]
+        for j in reversed(range(t - 1)):
+            nxt = r[i, j] + gamma * c[i, j] * ((1 - lam) * v[i, j + 1] + lam * nxt)
+            out[i, j] = nxt
+    return out
+
+
+def _random_rollout(seed, b=3, t=7):
+    rs = np.random.RandomState(seed)
+    r = rs.randn(b, t).astype(np.float32)
+    v = rs.randn(b, t).astype(np.float32)
+    c = (rs.rand(b, t) > 0.25).astype(np.float32)
+    return r, v, c
+
+
+@pytest.mark.parametrize('gamma,lam', [(0.997, 0.95), (0.9, 0.0), (0.8, 1.0), (1.0, 0.5)])
+def test_lambda_returns_matches_loop(gamma, lam):
+    r, v, c = _random_rollout(0)
+    out = jax.jit(lambda_returns, static_argnums=(3, 4))(r, v, c, gamma, lam)
+    assert out.shape == (3, 6)
+    np.testing.assert_allclose(out, _np_lambda_returns(r, v, c, gamma, lam), rtol=1e-5, atol=1e-6)
+
+
+def test_lambda_returns_hand_cases():
+    r = np.array([[1.0, 2.0, 3.0, 4.0]])
+    v = np.array([[10.0, 20.0, 30.0, 40.0]])
+    c = np.array([[1.0, 0.0, 1.0, 1.0]])  # the transition 1 -> 2 terminates
+    g = 0.5
+    # lam = 0: one-step TD targets r_t + g c_t v_{t+1}.
+    np.testing.assert_allclose(lambda_returns(r, v, c, g, 0.0), [[11.0, 2.0, 23.0]])
+    # lam = 1: discounted sums cut at the terminal and bootstrapped with v_{T-1} = 40.
+    r2 = 3.0 + g * 40.0
+    np.testing.assert_allclose(lambda_returns(r, v, c, g, 1.0), [[1.0 + g * 2.0, 2.0, r2]])
+    # No termination and lam = 1: the Monte Carlo return with the final bootstrap.
+    c1 = np.ones_like(c)
+    mc = 1 + g * 2 + g**2 * 3 + g**3 * 40
+    assert float(lambda_returns(r, v, c1, g, 1.0)[0, 0]) == pytest.approx(mc)
+
+
+def test_lambda_returns_bad_shapes():
+    r, v, c = _random_rollout(1)
+    with pytest.raises(ValueError, match=r'\[B, T\]'):
+        lambda_returns(r, v[:, :-1], c, 0.9, 0.9)
+    with pytest.raises(ValueError, match='T >= 2'):
+        lambda_returns(r[:, :1], v[:, :1], c[:, :1], 0.9, 0.9)
+
+
+def test_advantages_are_stop_gradient():
+    r, v, c = _random_rollout(2)
+    ret = lambda_returns(r, v, c, 0.99, 0.95)
+    np.testing.assert_allclose(advantages(ret, v), np.asarray(ret) - v[:, :-1], rtol=1e-6)
+    grad = jax.grad(lambda vv: jnp.sum(advantages(lambda_returns(r, vv, c, 0.99, 0.95), vv)))(v)
+    np.testing.assert_array_equal(grad, 0.0)
+    with pytest.raises(ValueError, match='advantages'):
+        advantages(ret, v[:, :-1])
+
+
+def test_alive_mask():
+    c = np.array([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 1, 0]], np.float32)
+    ref = [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    np.testing.assert_array_equal(alive_mask(c), ref)
+
+
+def _np_pmpo(logp, adv, kl, alpha, beta, mask):
+    pos = [
+        (lp, m)
+        for lp, a, m in zip(logp.ravel(), adv.ravel(), mask.ravel(), strict=True)
+        if a >= 0 and m
+    ]
+    neg = [
+        (lp, m)
+        for lp, a, m in zip(logp.ravel(), adv.ravel(), mask.ravel(), strict=True)
+        if a < 0 and m
+    ]
+    valid_kl = [k for k, m in zip(kl.ravel(), mask.ravel(), strict=True) if m]
+    loss = 0.0
+    if neg:
+        loss += (1 - alpha) * sum(lp for lp, _ in neg) / len(neg)
+    if pos:
+        loss -= alpha * sum(lp for lp, _ in pos) / len(pos)
+    if valid_kl:
+        loss += beta * sum(valid_kl) / len(valid_kl)
+    return loss
+
+
+@pytest.mark.parametrize('alpha,beta', [(0.5, 0.3), (0.8, 0.0), (0.2, 1.5)])
+def test_pmpo_matches_reference(alpha, beta):
+    rs = np.random.RandomState(3)
+    logp, adv, kl = rs.randn(4, 6), rs.randn(4, 6), rs.rand(4, 6)
+    adv[0, :2] = 0.0  # A = 0 belongs to the positive set
+    mask = rs.rand(4, 6) > 0.3
+    got = pmpo_loss(logp, adv, kl, alpha, beta, mask=mask)
+    assert float(got) == pytest.approx(_np_pmpo(logp, adv, kl, alpha, beta, mask), rel=1e-5)
+    ones = np.ones_like(mask)
+    got = pmpo_loss(logp, adv, kl, alpha, beta)
+    assert float(got) == pytest.approx(_np_pmpo(logp, adv, kl, alpha, beta, ones), rel=1e-5)
+
+
+def test_pmpo_empty_sets_contribute_zero():
+    rs = np.random.RandomState(4)
+    logp, kl = rs.randn(2, 5), rs.rand(2, 5)
+    all_neg, all_pos = -np.ones((2, 5)), np.ones((2, 5))
+    a, b = 0.5, 0.3
+    assert float(pmpo_loss(logp, all_neg, kl, a, b)) == pytest.approx(
+        (1 - a) * logp.mean() + b * kl.mean(), rel=1e-5
+    )
+    assert float(pmpo_loss(logp, all_pos, kl, a, b)) == pytest.approx(
+        -a * logp.mean() + b * kl.mean(), rel=1e-5
+    )
+    nothing = pmpo_loss(logp, all_pos, kl, a, b, mask=np.zeros((2, 5), bool))
+    assert float(nothing) == 0.0
+
+
+def test_pmpo_masked_steps_may_hold_garbage():
+    logp = np.array([[-1.0, -np.inf, -2.0]])
+    kl = np.array([[0.5, np.nan, 0.1]])
+    adv = np.array([[1.0, -1.0, -1.0]])
+    mask = np.array([[True, False, True]])
+    loss, grads = jax.value_and_grad(
+        lambda lp, k: pmpo_loss(lp, adv, k, 0.5, 0.3, mask=mask), argnums=(0, 1)
+    )(logp, kl)
+    assert float(loss) == pytest.approx(0.5 * -2.0 - 0.5 * -1.0 + 0.3 * 0.3)
+    assert np.isfinite(grads[0]).all() and np.isfinite(grads[1]).all()
+
+
+def test_pmpo_gradients_flow_only_through_logp_and_kl():
+    logp = jnp.array([[-1.0, -2.0, -0.5, -3.0]])
+    adv = jnp.array([[0.5, -1.0, 0.0, -2.0]])
+    kl = jnp.array([[0.1, 0.2, 0.3, 0.4]])
+    mask = jnp.array([[1.0, 1.0, 1.0, 0.0]])
+    alpha, beta = 0.3, 0.7
+    g_logp, g_adv, g_kl = jax.grad(
+        lambda lp, ad, k: pmpo_loss(lp, ad, k, alpha, beta, mask=mask), argnums=(0, 1, 2)
+    )(logp, adv, kl)
+    # D+ = {0, 2}, D- = {1} (index 3 is masked), N = 3.
+    np.testing.assert_allclose(g_logp, [[-alpha / 2, (1 - alpha) / 1, -alpha / 2, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(g_kl, [[beta / 3, beta / 3, beta / 3, 0.0]], rtol=1e-6)
+    np.testing.assert_array_equal(g_adv, 0.0)
+
+
+def test_pmpo_metrics():
+    logp = np.array([[-1.0, -2.0, -4.0]])
+    adv = np.array([[1.0, -1.0, 2.0]])
+    kl = np.array([[0.3, 0.6, 0.9]])
+    loss, m = pmpo_loss_and_metrics(logp, adv, kl, 0.5, 0.3)
+    assert float(m['pmpo/frac_positive']) == pytest.approx(2 / 3)
+    assert float(m['pmpo/logp_positive']) == pytest.approx(-2.5)
+    assert float(m['pmpo/logp_negative']) == pytest.approx(-2.0)
+    assert float(m['pmpo/kl']) == pytest.approx(0.6)
+    assert float(loss) == pytest.approx(0.5 * -2.0 - 0.5 * -2.5 + 0.3 * 0.6)
