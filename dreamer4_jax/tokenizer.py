@@ -1,0 +1,166 @@
+"""Causal video tokenizer (PAPER 4): masked autoencoding through a tanh bottleneck.
+
+Encoder frame block: P patch tokens (a learned mask embedding replaces each patch with
+probability p ~ U(0, 0.9) per image) followed by N learned latent tokens; latents read
+everything in the frame, patches read patches; causal in time. The latent outputs are projected
+to C bottleneck channels and squashed by tanh: z_BTNC in [-1, 1].
+Decoder frame block: the N latents (projected up) followed by P learned read-out tokens;
+read-outs read read-outs and latents, latents read latents; causal in time. Pixels come out of
+the read-out tokens through a linear head and are unpatchified.
+
+Dimension keys: B batch, T frames, H, W image height/width, P patches per frame, Q pixels per
+patch (patch*patch*3), N latent tokens, C bottleneck channels, D encoder width, E decoder width.
+Images are float in [0, 1], channels last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dreamer4_jax.nn import (
+    Transformer,
+    TransformerConfig,
+    constrain,
+    decoder_layout,
+    encoder_layout,
+    param_init,
+)
+
+ACT = ('batch', 'time', 'tokens', 'act_embed')
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """Shapes of the tokenizer. Frames are zero-padded to (height, width) before patchifying."""
+
+    height: int = 64
+    width: int = 64
+    patch: int = 8
+    num_latents: int = 16  # N_b (PAPER 4.2: 512 for Minecraft)
+    latent_dim: int = 16  # D_b (PAPER 4.2: 16)
+    max_mask_prob: float = 0.9  # PAPER 4.3: p ~ U(0, 0.9)
+    encoder: TransformerConfig = TransformerConfig()
+    decoder: TransformerConfig = TransformerConfig()
+
+    def __post_init__(self):
+        if self.height % self.patch or self.width % self.patch:
+            raise ValueError(
+                f'TokenizerConfig: frame {self.height}x{self.width} is not a multiple of the '
+                f'patch size {self.patch}; pad the frames or pick another patch size.'
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.height // self.patch) * (self.width // self.patch)
+
+    @property
+    def patch_pixels(self) -> int:
+        return self.patch * self.patch * 3
+
+
+def patchify(images_BTHWC: jax.Array, patch: int) -> jax.Array:
+    """[B,T,H,W,3] -> [B,T,P,Q], patches in row-major order, pixels (dy, dx, rgb) inside."""
+    b, t, h, w, c = images_BTHWC.shape
+    x = images_BTHWC.reshape(b, t, h // patch, patch, w // patch, patch, c)
+    x = x.transpose(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, t, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(patches_BTPQ: jax.Array, patch: int, height: int, width: int) -> jax.Array:
+    """Inverse of patchify: [B,T,P,Q] -> [B,T,H,W,3]."""
+    b, t, _, _ = patches_BTPQ.shape
+    gh, gw = height // patch, width // patch
+    x = patches_BTPQ.reshape(b, t, gh, gw, patch, patch, 3)
+    x = x.transpose(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, t, height, width, 3)
+
+
+def sample_patch_mask(
+    rng: jax.Array, shape_BT: tuple[int, int], num_patches: int, max_prob: float
+) -> jax.Array:
+    """[B,T,P] bool, True = replaced by the mask embedding (PAPER 4.3: p ~ U(0, max) per image)."""
+    rng_p, rng_m = jax.random.split(rng)
+    p_BT = jax.random.uniform(rng_p, shape_BT, maxval=max_prob)
+    return jax.random.uniform(rng_m, (*shape_BT, num_patches)) < p_BT[..., None]
+
+
+class Tokenizer(nn.Module):
+    """Encoder + decoder; `encode`, `decode` and `__call__` (both) share one parameter tree."""
+
+    config: TokenizerConfig
+
+    def setup(self):
+        c = self.config
+        d, e = c.encoder.width, c.decoder.width
+        emb_init = nn.initializers.normal(0.02)
+        self.patch_in = nn.Dense(
+            d,
+            kernel_init=param_init(nn.initializers.lecun_normal(), ('io', 'embed')),
+            name='patch_in',
+        )
+        self.mask_embed = self.param('mask_embed', param_init(emb_init, ('embed',)), (d,))
+        self.latent_tokens = self.param(
+            'latent_tokens', param_init(emb_init, (None, 'embed')), (c.num_latents, d)
+        )
+        self.encoder = Transformer(
+            c.encoder, encoder_layout(c.num_patches, c.num_latents), name='encoder'
+        )
+        self.bottleneck = nn.Dense(
+            c.latent_dim,
+            kernel_init=param_init(nn.initializers.lecun_normal(), ('embed', 'io')),
+            name='bottleneck',
+        )
+        self.latent_in = nn.Dense(
+            e,
+            kernel_init=param_init(nn.initializers.lecun_normal(), ('io', 'embed')),
+            name='latent_in',
+        )
+        self.readout_tokens = self.param(
+            'readout_tokens', param_init(emb_init, (None, 'embed')), (c.num_patches, e)
+        )
+        self.decoder = Transformer(
+            c.decoder, decoder_layout(c.num_patches, c.num_latents), name='decoder'
+        )
+        self.pixels_out = nn.Dense(
+            c.patch_pixels,
+            kernel_init=param_init(nn.initializers.lecun_normal(), ('embed', 'io')),
+            name='pixels_out',
+        )
+
+    def encode(self, images_BTHWC: jax.Array, mask_BTP: jax.Array | None = None) -> jax.Array:
+        """Images in [0, 1] -> latents z_BTNC in [-1, 1]. mask_BTP: patches to hide (training)."""
+        c = self.config
+        if images_BTHWC.shape[2:] != (c.height, c.width, 3):
+            raise ValueError(
+                f'Tokenizer expects frames [B, T, {c.height}, {c.width}, 3], got '
+                f'{images_BTHWC.shape}'
+            )
+        x_BTPQ = patchify(images_BTHWC.astype(jnp.float32) * 2.0 - 1.0, c.patch)
+        x_BTPD = self.patch_in(x_BTPQ)
+        if mask_BTP is not None:
+            x_BTPD = jnp.where(mask_BTP[..., None], self.mask_embed, x_BTPD)
+        b, t = x_BTPD.shape[:2]
+        lat_BTND = jnp.broadcast_to(self.latent_tokens, (b, t, *self.latent_tokens.shape))
+        h_BTSD = constrain(jnp.concatenate([x_BTPD, lat_BTND], axis=2), ACT)
+        h_BTSD = self.encoder(h_BTSD)
+        return jnp.tanh(self.bottleneck(h_BTSD[:, :, c.num_patches :]))
+
+    def decode(self, z_BTNC: jax.Array) -> jax.Array:
+        """Latents -> images [B,T,H,W,3] (unclipped; in [0, 1] after training)."""
+        c = self.config
+        lat_BTNE = self.latent_in(z_BTNC)
+        b, t = lat_BTNE.shape[:2]
+        read_BTPE = jnp.broadcast_to(self.readout_tokens, (b, t, *self.readout_tokens.shape))
+        h_BTSE = constrain(jnp.concatenate([lat_BTNE, read_BTPE], axis=2), ACT)
+        h_BTSE = self.decoder(h_BTSE)
+        pix_BTPQ = self.pixels_out(h_BTSE[:, :, c.num_latents :])
+        return (unpatchify(pix_BTPQ, c.patch, c.height, c.width) + 1.0) * 0.5
+
+    def __call__(self, images_BTHWC: jax.Array, mask_BTP: jax.Array | None = None):
+        """Returns (reconstruction_BTHWC, z_BTNC)."""
+        z_BTNC = self.encode(images_BTHWC, mask_BTP)
+        return self.decode(z_BTNC), z_BTNC

@@ -1,0 +1,118 @@
+"""Phase 1a: train the causal tokenizer (PAPER 4.3, Eq. 5) on the shared loop.
+
+Loss: MSE + 0.2 * LPIPS, each divided by a running RMS of itself (PAPER 6.6); the normalizer
+state lives in TrainState.aux and is checkpointed. LPIPS weights are a jit argument (constants).
+Evaluation: PSNR / SSIM on held-out episodes with no masking (the inference setting) and at a
+high mask rate, plus a PNG grid (originals over reconstructions) per evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dreamer4_jax import losses
+from dreamer4_jax.eval import images as image_io
+from dreamer4_jax.tokenizer import Tokenizer, sample_patch_mask
+from dreamer4_jax.train import data_sources
+from dreamer4_jax.train import state as state_lib
+from dreamer4_jax.train.loop import Phase
+from dreamer4_jax.train.model_configs import tokenizer_config_from
+
+
+def frames_to_float(image_BTHWC: jax.Array) -> jax.Array:
+    return image_BTHWC.astype(jnp.float32) / 255.0
+
+
+def make_loss_fn(model: Tokenizer, lpips_apply, config: ml_collections.ConfigDict):
+    tc = config.tokenizer
+    weights = {'mse': float(tc.loss_weights.mse), 'lpips': float(tc.loss_weights.lpips)}
+    lpips_frames = int(tc.lpips_frames)
+
+    def loss_fn(params, aux, batch, rng, lpips_params):
+        x_BTHWC = frames_to_float(batch['image'])
+        b, t = x_BTHWC.shape[:2]
+        mask_BTP = sample_patch_mask(
+            rng, (b, t), model.config.num_patches, model.config.max_mask_prob
+        )
+        recon, _ = model.apply({'params': params}, x_BTHWC, mask_BTP)
+        terms = {'mse': jnp.mean((recon - x_BTHWC) ** 2)}
+        if weights['lpips'] > 0:
+            # LPIPS on the last `lpips_frames` frames of every row (0 = all): its AlexNet
+            # backward dominates the step on CPU; MSE still covers every frame.
+            sub = slice(-lpips_frames, None) if lpips_frames else slice(None)
+            terms['lpips'] = jnp.mean(lpips_apply(lpips_params, recon[:, sub], x_BTHWC[:, sub]))
+        used = {k: weights[k] for k in terms}
+        total, rms, metrics = losses.update_and_normalize(
+            aux['rms'], terms, used, beta=float(tc.rms_beta)
+        )
+        return total, (rms, metrics)
+
+    return loss_fn
+
+
+def make_phase(config: ml_collections.ConfigDict) -> Phase:
+    tcfg = tokenizer_config_from(config.tokenizer)
+    model = Tokenizer(tcfg)
+    tx = state_lib.make_optimizer(config.train)
+    lpips_apply, lpips_params = losses.load_lpips(config.tokenizer.lpips_net)
+    loss_fn = make_loss_fn(model, lpips_apply, config)
+
+    def init(rng):
+        dummy = jnp.zeros((1, 1, tcfg.height, tcfg.width, 3), jnp.float32)
+        params = model.init(rng, dummy)['params']
+        aux = {'rms': losses.init_rms_state(['mse', 'lpips'])}
+        return state_lib.create_train_state(params, tx, aux)
+
+    def train_step(state, batch, rng, consts):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (rms, metrics)), grads = grad_fn(state.params, state.aux, batch, rng, consts['lpips'])
+        metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
+        return state_lib.apply_gradients(state, grads, tx, aux={'rms': rms}), metrics
+
+    reconstruct = jax.jit(lambda p, x, m: model.apply({'params': p}, x, m)[0])
+
+    def evaluate(state, step, workdir):
+        return evaluate_reconstructions(config, model, reconstruct, state.params, step, workdir)
+
+    return Phase(
+        name='tokenizer',
+        init=init,
+        train_step=train_step,
+        make_data=lambda pi, pc: data_sources.train_windows(config, pi, pc),
+        evaluate=evaluate,
+        main_metrics=('loss/total', 'loss/mse', 'loss/lpips'),
+        checked_metrics=('loss/total', 'loss/mse', 'loss/lpips'),
+        constants=lambda: {'lpips': lpips_params},
+    )
+
+
+def evaluate_reconstructions(config, model, reconstruct, params, step, workdir) -> dict:
+    """PSNR/SSIM on held-out windows at p = 0 and at the eval mask rate; writes a PNG grid."""
+    batch = data_sources.eval_batch(config)
+    x = frames_to_float(jnp.asarray(batch['image']))
+    b, t = x.shape[:2]
+    results = {}
+    recon0 = None
+    for name, p in (
+        ('p0', 0.0),
+        (f'p{int(100 * config.tokenizer.eval_mask_prob)}', float(config.tokenizer.eval_mask_prob)),
+    ):
+        rng = jax.random.key(1234)
+        mask = jax.random.uniform(rng, (b, t, model.config.num_patches)) < p
+        recon = jnp.clip(reconstruct(params, x, mask), 0.0, 1.0)
+        results[f'psnr_{name}'] = float(jnp.mean(losses.psnr(recon, x)))
+        results[f'ssim_{name}'] = float(jnp.mean(losses.ssim(recon, x)))
+        recon0 = recon if recon0 is None else recon0
+    if jax.process_index() == 0:
+        n = min(8, t)
+        rows = []
+        for i in range(min(4, b)):
+            rows += [np.asarray(x[i, :n]), np.asarray(recon0[i, :n])]
+        path = os.path.join(workdir, 'eval', f'reconstructions_{step:06d}.png')
+        image_io.save_png(path, image_io.grid(rows), scale=2)
+    return results

@@ -1,0 +1,34 @@
+"""Every experiment config loads and validates; paper-size models build abstractly."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamer4_jax.tokenizer import Tokenizer
+from dreamer4_jax.train.model_configs import tokenizer_config_from
+from experiments import minecraft_paper
+
+
+def _param_count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(tree))))
+
+
+def test_paper_tokenizer_builds_abstractly_with_about_400m_params():
+    config = minecraft_paper.get_config('tokenizer')
+    cfg = tokenizer_config_from(config.tokenizer)
+    assert (cfg.height, cfg.width, cfg.patch) == (384, 640, 16)
+    assert cfg.num_patches == 960 and (cfg.num_latents, cfg.latent_dim) == (512, 16)
+    model = Tokenizer(cfg)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 1, 384, 640, 3), jnp.float32))
+    )
+    n = _param_count(shapes)
+    print(f'paper tokenizer parameters: {n / 1e6:.1f}M')
+    assert 380e6 < n < 420e6  # PAPER 4.2: about 400M
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(ValueError, match='unknown variant'):
+        minecraft_paper.get_config('nope')
