@@ -1,0 +1,311 @@
+"""Builds a dataset folder atomically: collect (or read VPT) -> stage -> tfds array_record -> card.
+
+Layout of <data.dir>/<data.name>/ (it exists only once complete: everything is built in a hidden
+`.<name>.incomplete-*` sibling and renamed at the end, so an interrupted build never looks done):
+  index.json          episode table per split (ids, lengths, policies, task events), schema
+  dataset_card.json   policy mix, counts, per-task coverage, action-label fraction, settings
+  dataset_card.md     the same for humans
+  tfds/dreamer4_episodes/1.0.0/*.array_record   one record per step (see tfds_builder)
+
+Episode schema (numpy, leading dim L; produced by the Craftax collector and the VPT reader):
+  image uint8 [L, H, W, 3]; action {component: [L, ...]}; has_action bool [L]; reward float32
+  [L]; task_event bool [L, num_tasks]; is_first / is_last / is_terminal bool [L]; plus
+  episode_id (int) and policy (str) metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from dreamer4_jax.actions import (
+    ActionSpace,
+    craftax_action_space,
+    minecraft_action_space,
+    validate,
+)
+from dreamer4_jax.data import card as card_lib
+from dreamer4_jax.data import vpt
+from dreamer4_jax.data.config import (
+    check_data_config,
+    collection_settings,
+    dataset_path,
+    frame_shape,
+)
+from dreamer4_jax.data.tfds_builder import Dreamer4Episodes, save_episode
+from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES
+
+INDEX_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitMeta:
+    episode_ids: np.ndarray  # int64 [E], in record order
+    lengths: np.ndarray  # int64 [E]
+    policies: tuple[str, ...]
+    events: np.ndarray  # int64 [V, 3]: (episode position in split, step, task)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Record index of each episode's first step."""
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+    path: Path
+    tfds_dir: Path
+    image_shape: tuple[int, int, int]
+    action_space: ActionSpace
+    task_names: tuple[str, ...]
+    splits: dict[str, SplitMeta]
+    settings: dict[str, Any]
+
+
+def load_meta(cfg: ml_collections.ConfigDict) -> DatasetMeta:
+    """Reads index.json of the configured dataset; clear errors if missing or incompatible."""
+    check_data_config(cfg)
+    path = dataset_path(cfg)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f'no dataset at {path} (config.data.dir={cfg.dir!r}, config.data.name={cfg.name!r}); '
+            'build it with `python -m dreamer4_jax.data.collect --dir ... --name ...` or '
+            'dreamer4_jax.data.ensure_dataset(config.data)'
+        )
+    index_file = path / 'index.json'
+    if not index_file.is_file():
+        raise FileNotFoundError(f'{path} exists but has no index.json: not a dataset; delete it')
+    index = json.loads(index_file.read_text())
+    if index.get('format') != INDEX_FORMAT:
+        raise ValueError(f'{index_file} has format {index.get("format")}, expected {INDEX_FORMAT}')
+    stored = tuple(index['image_shape'])
+    if stored != frame_shape(cfg):
+        raise ValueError(
+            f'config.data.resolution={cfg.resolution} (width={cfg.width}) expects frames of '
+            f'{frame_shape(cfg)}, but {path} stores {stored}: set data.resolution={stored[0]}'
+            f' and data.width={0 if stored[0] == stored[1] else stored[1]}, or use another dataset'
+        )
+    splits = {
+        name: SplitMeta(
+            episode_ids=np.asarray(s['episode_ids'], np.int64),
+            lengths=np.asarray(s['lengths'], np.int64),
+            policies=tuple(s['policies']),
+            events=np.asarray(s['events'], np.int64).reshape(-1, 3),
+        )
+        for name, s in index['splits'].items()
+    }
+    return DatasetMeta(
+        path=path,
+        tfds_dir=path / index['tfds_dir'],
+        image_shape=stored,
+        action_space=ActionSpace.from_json(index['action_space']),
+        task_names=tuple(index['task_names']),
+        splits=splits,
+        settings=index['settings'],
+    )
+
+
+def ensure_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> Path:
+    """Returns the dataset folder, building it first if it does not exist yet."""
+    check_data_config(cfg)
+    path = dataset_path(cfg)
+    if path.is_dir():
+        stored = load_meta(cfg).settings
+        wanted = collection_settings(cfg)
+        diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        if diff:
+            raise ValueError(
+                f'dataset {path} was built with different settings for {diff}: stored '
+                f'{[stored.get(k) for k in diff]}, config {[wanted.get(k) for k in diff]}. '
+                'Pick a new config.data.name, or delete the folder to rebuild it'
+            )
+        return path
+    return build_dataset(cfg, progress=progress)
+
+
+def build_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> Path:
+    """Builds the configured dataset (Craftax collection or VPT recordings) atomically."""
+    check_data_config(cfg, for_build=True)
+    if cfg.source == 'craftax':
+        produce, space, tasks = (
+            lambda stage: _collect_craftax(cfg, stage, progress),
+            craftax_action_space(),
+            ACHIEVEMENT_NAMES,
+        )
+    else:
+        produce, space, tasks = (
+            lambda stage: _read_vpt(cfg, stage),
+            minecraft_action_space(),
+            vpt.MINECRAFT_TASKS,
+        )
+    return _build_atomic(cfg, produce, space, tasks, collection_settings(cfg))
+
+
+def build_dataset_from_episodes(
+    cfg: ml_collections.ConfigDict,
+    episodes: Iterable[dict[str, Any]],
+    *,
+    action_space: ActionSpace,
+    task_names: Sequence[str],
+) -> Path:
+    """Builds a dataset from any episodes with the schema above (each needs a unique episode_id).
+
+    The config's collection settings do not apply; the card records source 'episodes'.
+    """
+    check_data_config(cfg)
+
+    def produce(stage):
+        for ep in episodes:
+            stage(ep)
+        return {}
+
+    settings = {'source': 'episodes', 'image_shape': list(frame_shape(cfg)),
+                'eval_fraction': float(cfg.eval_fraction)}  # fmt: skip
+    return _build_atomic(cfg, produce, action_space, tuple(task_names), settings)
+
+
+def _collect_craftax(cfg, stage, progress) -> dict[str, Any]:
+    from dreamer4_jax.data import rollout  # needs jax + craftax; other sources do not
+
+    col = cfg.collect
+    policy_of = rollout.assign_policies(col.num_episodes, dict(col.policy_mix), col.seed)
+    stats = rollout.collect_episodes(
+        num_episodes=col.num_episodes,
+        max_steps=col.max_steps,
+        num_envs=col.num_envs,
+        seed=col.seed,
+        policy_of=policy_of,
+        on_episode=stage,
+        max_repeat=col.max_repeat,
+        epsilon=col.epsilon,
+        pool_size=col.pool_size,
+        chunk_steps=col.chunk_steps,
+        progress=progress,
+    )
+    return {
+        'collection_seconds': round(stats.seconds, 2),
+        'collection_warmup_seconds': round(stats.warmup_seconds, 2),
+        'collection_steady_frames_per_second': (
+            round(stats.steady_frames_per_second, 1)
+            if np.isfinite(stats.steady_frames_per_second)
+            else None
+        ),
+    }
+
+
+def _read_vpt(cfg, stage) -> dict[str, Any]:
+    h, w, _ = frame_shape(cfg)
+    for i, (video, actions) in enumerate(vpt.list_recordings(Path(cfg.vpt.dir))):
+        ep = vpt.read_recording(video, actions, height=h, width=w, strict=cfg.vpt.strict)
+        stage({**ep, 'episode_id': i, 'policy': 'contractor'})
+    return {}
+
+
+def _build_atomic(cfg, produce, space: ActionSpace, tasks: Sequence[str], settings) -> Path:
+    final = dataset_path(cfg)
+    if final.exists():
+        raise FileExistsError(f'{final} already exists; delete it or pick another data.name')
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.incomplete-', dir=final.parent))
+    try:
+        _build_into(cfg, tmp, produce, space, tasks, settings)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / 'index.json').is_file():
+                raise
+            shutil.rmtree(tmp)  # another process finished the same dataset first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _build_into(cfg, tmp: Path, produce, space: ActionSpace, tasks, settings) -> None:
+    staging = tmp / 'staging'
+    staging.mkdir()
+    summaries: list[dict[str, Any]] = []
+
+    def stage(ep: dict[str, Any]) -> None:
+        if ep['image'].shape[1:] != frame_shape(cfg):
+            raise ValueError(
+                f'episode {ep["episode_id"]} has frames {ep["image"].shape[1:]} but the config '
+                f'expects {frame_shape(cfg)} (data.resolution / data.width)'
+            )
+        validate(ep['action'], space, ep['has_action'])
+        if ep['task_event'].shape[1:] != (len(tasks),):
+            raise ValueError(f'task_event shape {ep["task_event"].shape} != [L, {len(tasks)}]')
+        path = staging / f'{int(ep["episode_id"]):08d}.npz'
+        if path.exists():
+            raise ValueError(f'episode_id {ep["episode_id"]} appears twice')
+        save_episode(path, ep)
+        summaries.append(card_lib.episode_summary(ep))
+
+    extra = produce(stage)
+    if not summaries:
+        raise ValueError(f'no episodes for dataset {cfg.name!r}')
+    summaries.sort(key=lambda s: s['episode_id'])
+    n = len(summaries)
+    n_eval = min(int(round(cfg.eval_fraction * n)), n - 1)
+    if cfg.eval_fraction > 0 and n >= 2:
+        n_eval = max(n_eval, 1)
+    split_of = {s['episode_id']: ('eval' if i >= n - n_eval else 'train')
+                for i, s in enumerate(summaries)}  # fmt: skip
+    split_names = ['train'] + (['eval'] if n_eval else [])
+    split_summaries = {k: [s for s in summaries if split_of[s['episode_id']] == k]
+                       for k in split_names}  # fmt: skip
+
+    builder = Dreamer4Episodes(
+        data_dir=str(tmp / 'tfds'),
+        image_shape=frame_shape(cfg),
+        action_space=space,
+        num_tasks=len(tasks),
+        split_files={
+            k: [staging / f'{s["episode_id"]:08d}.npz' for s in v]
+            for k, v in split_summaries.items()
+        },
+    )
+    builder.download_and_prepare()
+    shutil.rmtree(staging)
+    shutil.rmtree(tmp / 'tfds' / 'downloads', ignore_errors=True)
+
+    index = {
+        'format': INDEX_FORMAT,
+        'tfds_dir': str(Path(builder.data_dir).relative_to(tmp)),
+        'image_shape': list(frame_shape(cfg)),
+        'action_space': space.to_json(),
+        'task_names': list(tasks),
+        'settings': settings,
+        'splits': {
+            k: {
+                'episode_ids': [s['episode_id'] for s in v],
+                'lengths': [s['length'] for s in v],
+                'policies': [s['policy'] for s in v],
+                'events': [[i, t, task] for i, s in enumerate(v) for t, task in s['event_steps']],
+            }
+            for k, v in split_summaries.items()
+        },
+    }
+    (tmp / 'index.json').write_text(json.dumps(index))
+    card = card_lib.make_card(
+        name=cfg.name,
+        source=settings['source'],
+        summaries=summaries,
+        split_of=split_of,
+        task_names=tasks,
+        image_shape=frame_shape(cfg),
+        action_space_json=space.to_json(),
+        settings=settings,
+        extra=extra,
+    )
+    card_lib.write_card(tmp, card)

@@ -1,0 +1,249 @@
+"""Grain input pipeline: seeded random windows of T frames, batched, sharded per process.
+
+Dimension keys: B batch per process, T window length, H x W frame, K tasks.
+
+Batch (host-local NumPy, one process's share; the trainer makes global arrays from it with
+`jax.make_array_from_process_local_data`):
+  image        uint8   [B, T, H, W, 3]
+  action       {name: int32 [B, T] (categorical) | int32 [B, T, n] 0/1 (binary) |
+                float32 [B, T, n] (continuous)}; the placeholder (-1 / NaN) where has_action False
+  has_action   bool    [B, T]
+  reward       float32 [B, T]     env reward of the transition into frame t
+  task_reward  float32 [B, T, K]  1.0 where task k's event happens on the transition into t
+  is_first, is_last, is_terminal  bool [B, T]
+  relevant     bool    [B, T]     row is a task-relevant window (constant along T)
+  task_id      int32   [B, T]     task whose event made the row relevant, else -1 (constant along T)
+  episode_id, step  int32 [B, T]  provenance
+Alignment (DESIGN.md section 3): action[t] is taken after observing image[t]; reward[t] and
+task_reward[t] belong to action[t-1]. So the BC target for the policy at frame t is action[t], and
+the reward-head target n steps ahead of frame t is reward[t + n + 1].
+
+Windows never cross episode boundaries: a window is T consecutive steps of one episode, so
+episodes shorter than T contribute no window (they are skipped and counted in the log). A window
+may start mid-episode (is_first is then False at t = 0).
+Modes: 'uniform' (every window equally likely), 'relevant' (windows containing an event of
+data.relevant_tasks at a position t >= 1, so the action causing it is inside the window; each
+(window, event) pair equally likely), 'mixture' (the first round(mixture_ratio * B) rows of every
+batch are relevant, the rest uniform; PAPER 9.3 uses 50/50).
+Order: element i of the stream is a pure function of (seed, process shard, i): each stream
+reshuffles every epoch, so iterator state is a position that grain checkpoints and restores
+(also with data.num_workers > 0 worker processes, whose batches come in the same order).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from dreamer4_jax.actions import mask_actions
+from dreamer4_jax.data.build import DatasetMeta, SplitMeta, load_meta
+from dreamer4_jax.data.config import MODES
+
+Batch = dict[str, Any]
+
+
+def uniform_windows(split: SplitMeta, window_length: int) -> np.ndarray:
+    """int64 [W] record index of the first step of every window of every long-enough episode."""
+    starts = [off + np.arange(max(n - window_length + 1, 0))
+              for off, n in zip(split.offsets, split.lengths, strict=True)]  # fmt: skip
+    return np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, np.int64)
+
+
+def relevant_windows(
+    split: SplitMeta, window_length: int, task_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(record starts int64 [W], task int32 [W]): one entry per (window, event) pair with the event
+    of a task in `task_ids` at window position >= 1."""
+    starts, tasks = [], []
+    for pos, step, task in split.events:
+        n = split.lengths[pos]
+        if task not in task_ids or step < 1 or n < window_length:
+            continue
+        first = max(0, step - window_length + 1)
+        last = min(step - 1, n - window_length)
+        s = split.offsets[pos] + np.arange(first, last + 1)
+        starts.append(s)
+        tasks.append(np.full(len(s), task, np.int32))
+    if not starts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
+    return np.concatenate(starts).astype(np.int64), np.concatenate(tasks)
+
+
+def labeled_episodes(cfg: ml_collections.ConfigDict, split_name: str, num: int) -> np.ndarray:
+    """bool [E]: which episodes (in split order) keep their actions (PAPER 12.5: the first ones)."""
+    if split_name != 'train':
+        return np.ones(num, bool)
+    if cfg.label_first_episodes >= 0:
+        count = min(int(cfg.label_first_episodes), num)
+    else:
+        count = int(round(cfg.label_fraction * num))
+    return np.arange(num) < count
+
+
+def parse_tasks(spec: str, task_names: tuple[str, ...]) -> np.ndarray:
+    """'all' or comma-separated task names -> int32 task ids; unknown names raise."""
+    if spec.strip() == 'all':
+        return np.arange(len(task_names), dtype=np.int32)
+    names = [s.strip() for s in spec.split(',') if s.strip()]
+    bad = [n for n in names if n not in task_names]
+    if bad or not names:
+        raise ValueError(
+            f'config.data.relevant_tasks={spec!r}: unknown or empty task names {bad}; '
+            f'use "all" or names from {task_names}'
+        )
+    return np.array([task_names.index(n) for n in names], np.int32)
+
+
+class _WindowReader:
+    """(record start, task id) -> one window dict (see the module doc, without the B dim)."""
+
+    def __init__(self, meta: DatasetMeta, split: str, window_length: int, labeled: np.ndarray):
+        self._source = tfds.builder_from_directory(str(meta.tfds_dir)).as_data_source(split=split)
+        self._split = meta.splits[split]
+        self._offsets = self._split.offsets
+        self._labeled = labeled
+        self._space = meta.action_space
+        self._num_tasks = len(meta.task_names)
+        self._T = window_length
+        if len(self._source) != int(self._split.lengths.sum()):
+            raise ValueError(
+                f'{meta.tfds_dir} split {split!r} has {len(self._source)} records but index.json '
+                f'lists {int(self._split.lengths.sum())} steps: the dataset is corrupt; rebuild it'
+            )
+
+    def __call__(self, item: tuple[int, int]) -> Batch:
+        start, task = int(item[0]), int(item[1])
+        pos = int(np.searchsorted(self._offsets, start, side='right') - 1)
+        records = self._source.__getitems__(list(range(start, start + self._T)))
+
+        def stack(key, dtype):
+            return np.asarray([r[key] for r in records], dtype)
+
+        episode_id, step = stack('episode_id', np.int32), stack('step', np.int32)
+        first_step = start - self._offsets[pos]
+        if np.any(episode_id != self._split.episode_ids[pos]) or np.any(
+            step != first_step + np.arange(self._T)
+        ):
+            raise RuntimeError(
+                f'records {start}..{start + self._T} do not hold episode '
+                f'{self._split.episode_ids[pos]} steps {first_step}..: dataset index is corrupt'
+            )
+        has_action = stack('has_action', bool) & self._labeled[pos]
+        actions = {c.name: np.asarray([r['action'][c.name] for r in records], c.dtype)
+                   for c in self._space.components}  # fmt: skip
+        return {
+            'image': np.stack([r['image'] for r in records]),
+            'action': mask_actions(actions, has_action, self._space),
+            'has_action': has_action,
+            'reward': stack('reward', np.float32),
+            'task_reward': stack('task_event', np.float32).reshape(self._T, self._num_tasks),
+            'is_first': stack('is_first', bool),
+            'is_last': stack('is_last', bool),
+            'is_terminal': stack('is_terminal', bool),
+            'relevant': np.full(self._T, task >= 0),
+            'task_id': np.full(self._T, task, np.int32),
+            'episode_id': episode_id,
+            'step': step,
+        }
+
+
+class _Sampler:
+    """Global element index -> (record start, task id): row j of batch b reads stream position
+    b * rows + j' of the relevant (first n_rel rows) or the uniform stream."""
+
+    def __init__(self, batch_size, n_rel, uni_ds, uni_starts, rel_ds, rel_starts, rel_tasks):
+        self._B, self._n_rel = batch_size, n_rel
+        self._uni_ds, self._uni_starts = uni_ds, uni_starts
+        self._rel_ds, self._rel_starts, self._rel_tasks = rel_ds, rel_starts, rel_tasks
+
+    def __call__(self, i: int) -> tuple[int, int]:
+        b, j = divmod(int(i), self._B)
+        if j < self._n_rel:
+            w = self._rel_ds[b * self._n_rel + j]
+            return int(self._rel_starts[w]), int(self._rel_tasks[w])
+        w = self._uni_ds[b * (self._B - self._n_rel) + j - self._n_rel]
+        return int(self._uni_starts[w]), -1
+
+
+def _stream(n: int, seed: int, process_index: int, process_count: int, num_epochs, what: str):
+    ds = grain.MapDataset.range(n)[process_index::process_count]
+    if len(ds) == 0:
+        raise ValueError(
+            f'process {process_index} of {process_count} gets no {what} windows ({n} in total): '
+            'use a larger dataset, a shorter window_length, or fewer processes'
+        )
+    return ds.shuffle(seed=seed % 2**32).repeat(num_epochs)
+
+
+def make_dataset(
+    data_config: ml_collections.ConfigDict,
+    *,
+    split: str = 'train',
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    batch_size_per_process: int,
+    window_length: int | None = None,
+    mode: str = 'uniform',
+    relevant_tasks: str | None = None,
+    mixture_ratio: float | None = None,
+    num_epochs: int | None = None,
+) -> grain.IterDataset:
+    """Batches of windows (module doc) as a checkpointable grain IterDataset.
+
+    `window_length`, `relevant_tasks` and `mixture_ratio` default to the config's values;
+    `num_epochs=None` repeats forever (each epoch reshuffled), else stops after that many passes
+    over the smaller stream.
+    """
+    cfg = data_config
+    if mode not in MODES:
+        raise ValueError(f'mode={mode!r} must be one of {MODES}')
+    if not 0 <= process_index < process_count:
+        raise ValueError(f'process_index={process_index} not in [0, process_count={process_count})')
+    if batch_size_per_process < 1:
+        raise ValueError(f'batch_size_per_process={batch_size_per_process} must be >= 1')
+    meta = load_meta(cfg)
+    if split not in meta.splits:
+        raise ValueError(f'split {split!r} not in dataset {meta.path} (has {sorted(meta.splits)})')
+    T = int(window_length or cfg.window_length)
+    split_meta = meta.splits[split]
+    B = batch_size_per_process
+    ratio = cfg.mixture_ratio if mixture_ratio is None else mixture_ratio
+    n_rel = {'uniform': 0, 'relevant': B, 'mixture': int(round(ratio * B))}[mode]
+
+    uni_starts = uniform_windows(split_meta, T)
+    short = int(np.sum(split_meta.lengths < T))
+    if short:
+        logging.info('%d of %d %s episodes are shorter than T=%d and give no window', short,
+                     len(split_meta.lengths), split, T)  # fmt: skip
+    uni_ds = rel_ds = None
+    rel_starts, rel_tasks = np.zeros(0, np.int64), np.zeros(0, np.int32)
+    batches = []
+    if n_rel < B:
+        uni_ds = _stream(len(uni_starts), seed, process_index, process_count, num_epochs,
+                         f'uniform (T={T})')  # fmt: skip
+        batches.append(len(uni_ds) // (B - n_rel))
+    if n_rel > 0:
+        spec = cfg.relevant_tasks if relevant_tasks is None else relevant_tasks
+        rel_starts, rel_tasks = relevant_windows(split_meta, T, parse_tasks(spec, meta.task_names))
+        rel_ds = _stream(len(rel_starts), seed + 1, process_index, process_count, num_epochs,
+                         f'task-relevant (tasks {spec!r}, T={T})')  # fmt: skip
+        batches.append(len(rel_ds) // n_rel)
+    num_batches = min(batches) if num_epochs is not None else sys.maxsize // (2 * B)
+    sampler = _Sampler(B, n_rel, uni_ds, uni_starts, rel_ds, rel_starts, rel_tasks)
+    reader = _WindowReader(meta, split, T, labeled_episodes(cfg, split, len(split_meta.lengths)))
+    ds = grain.MapDataset.range(num_batches * B).map(sampler).map(reader)
+    ds = ds.batch(B, drop_remainder=True)
+    options = grain.ReadOptions(
+        num_threads=int(cfg.num_threads), prefetch_buffer_size=int(cfg.prefetch_buffer_size)
+    )
+    ds = ds.to_iter_dataset(options)
+    if cfg.num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(cfg.num_workers)))
+    return ds

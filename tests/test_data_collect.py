@@ -1,0 +1,214 @@
+"""Craftax-Classic collection end to end: env API, episode structure, alignment by replay, policies.
+
+One tiny dataset (4 episodes of at most 40 frames) is collected for the whole module.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from craftax.craftax_classic.constants import Achievement, Action, BlockType
+
+from dreamer4_jax.data import build, policies, rollout
+from dreamer4_jax.data.config import default_data_config
+from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES, CraftaxEnv
+
+MAX_STEPS = 40
+
+
+def like(x, value):
+    """`value` with x's dtype and weak type, so jitted functions do not retrace."""
+    return x * 0 + value
+
+
+@pytest.fixture(scope='module')
+def cfg(tmp_path_factory):
+    c = default_data_config()
+    c.dir, c.name = str(tmp_path_factory.mktemp('data')), 'craftax_test'
+    c.collect.num_episodes, c.collect.max_steps = 4, MAX_STEPS
+    c.collect.num_envs, c.collect.chunk_steps = 4, 16
+    c.eval_fraction = 0.25
+    build.ensure_dataset(c, progress=False)
+    return c
+
+
+@pytest.fixture(scope='module')
+def env():
+    return CraftaxEnv(max_steps=MAX_STEPS)
+
+
+@pytest.fixture(scope='module')
+def step_fn(env):
+    return jax.jit(env.step_single)
+
+
+@pytest.fixture(scope='module')
+def worlds(cfg, env):
+    """The collector's pool (same call, so its compilation is reused): world e = pool[e]."""
+    key_world = rollout.rollout_keys(cfg.collect.seed)[0]
+    return env.make_pool(key_world, cfg.collect.num_episodes, chunk=cfg.collect.num_envs)
+
+
+def world(pool, e):
+    return jax.tree.map(lambda x: x[e], pool.states), pool.frames[e]
+
+
+def read_episodes(cfg, split):
+    meta = build.load_meta(cfg)
+    source = tfds.builder_from_directory(str(meta.tfds_dir)).as_data_source(split=split)
+    records = source.__getitems__(list(range(len(source))))
+    out, start = [], 0
+    for n in meta.splits[split].lengths:
+        rec = records[start : start + n]
+        out.append({k: np.asarray([r[k] for r in rec]) for k in rec[0] if k != 'action'})
+        out[-1]['action'] = np.asarray([r['action']['discrete'] for r in rec])
+        start += n
+    return meta, out
+
+
+def test_dataset_card_and_reuse(cfg):
+    meta = build.load_meta(cfg)
+    assert sorted(meta.splits) == ['eval', 'train']
+    assert len(meta.splits['train'].lengths) == 3 and len(meta.splits['eval'].lengths) == 1
+    assert sorted(meta.splits['train'].policies + meta.splits['eval'].policies) == [
+        'random', 'random', 'seeker', 'seeker'
+    ]  # fmt: skip
+    assert build.ensure_dataset(cfg) == build.dataset_path(cfg)  # reused, not rebuilt
+    other = cfg.copy_and_resolve_references()
+    other.collect.max_steps = 41
+    with pytest.raises(ValueError, match=r"different settings for \['max_steps'\]"):
+        build.ensure_dataset(other)
+
+
+def test_episode_structure(cfg):
+    _, episodes = read_episodes(cfg, 'train')
+    for ep in episodes:
+        n = len(ep['step'])
+        assert 2 <= n <= MAX_STEPS
+        np.testing.assert_array_equal(ep['step'], np.arange(n))
+        assert ep['image'].shape == (n, 64, 64, 3) and ep['image'].dtype == np.uint8
+        assert not ep['image'][:, 63].any() and not ep['image'][:, :, 63].any()  # padding
+        np.testing.assert_array_equal(ep['is_first'], np.arange(n) == 0)
+        np.testing.assert_array_equal(ep['is_last'], np.arange(n) == n - 1)
+        np.testing.assert_array_equal(ep['has_action'], np.arange(n) < n - 1)
+        assert ep['action'][-1] == -1 and np.all(
+            (ep['action'][:-1] >= 0) & (ep['action'][:-1] < 17)
+        )
+        assert ep['reward'][0] == 0 and not ep['task_event'][0].any()
+        assert np.all(ep['task_event'].sum(axis=0) <= 1)  # an achievement unlocks once
+        assert ep['is_terminal'][-1] or n == MAX_STEPS  # death, or truncation
+        assert not ep['is_terminal'][:-1].any()
+
+
+def test_replay_reproduces_frames_rewards_and_unlocks(cfg, step_fn, worlds):
+    """Alignment: stepping frame t's state with action[t] gives frame, reward and task events of
+    row t + 1 (the collector's keys are public: rollout.rollout_keys / episode_step_key)."""
+    meta, episodes = read_episodes(cfg, 'train')
+    key_env = rollout.rollout_keys(cfg.collect.seed)[1]
+    for pos in range(2):
+        ep, e = episodes[pos], int(meta.splits['train'].episode_ids[pos])
+        state, frame = world(worlds, e)
+        np.testing.assert_array_equal(np.asarray(frame), ep['image'][0])
+        for t in range(len(ep['step']) - 1):
+            key = rollout.episode_step_key(key_env, e, t)
+            state, ts = step_fn(state, jnp.int32(ep['action'][t]), key)
+            np.testing.assert_array_equal(np.asarray(ts.frame), ep['image'][t + 1])
+            assert float(ts.reward) == pytest.approx(ep['reward'][t + 1])
+            np.testing.assert_array_equal(np.asarray(ts.unlocked), ep['task_event'][t + 1])
+            assert bool(ts.is_last) == ep['is_last'][t + 1]
+
+
+def test_env_steps_are_absorbing_after_the_last_frame(cfg, env, step_fn, worlds):
+    # reset(key, n) makes the same worlds as the pool: world i = generate(fold_in(key, i)).
+    states, ts = env.reset(rollout.rollout_keys(cfg.collect.seed)[0], cfg.collect.num_envs)
+    assert ts.frame.shape == (4, 64, 64, 3) and ts.frame.dtype == jnp.uint8
+    assert ts.is_first.all() and not ts.is_last.any() and ts.unlocked.shape == (4, 22)
+    np.testing.assert_array_equal(np.asarray(ts.frame), np.asarray(worlds.frames))
+    state, _ = world(worlds, 0)
+    state = state.replace(timestep=like(state.timestep, MAX_STEPS - 2))
+    state, ts = step_fn(state, jnp.int32(Action.NOOP.value), jax.random.PRNGKey(3))
+    assert bool(ts.is_last) and not bool(ts.is_terminal)  # truncated at max_steps
+    frozen, ts2 = step_fn(state, jnp.int32(Action.LEFT.value), jax.random.PRNGKey(4))
+    assert float(ts2.reward) == 0 and not ts2.unlocked.any() and bool(ts2.is_last)
+    np.testing.assert_array_equal(np.asarray(ts2.frame), np.asarray(ts.frame))
+    jax.tree.map(np.testing.assert_array_equal, frozen, state)
+
+
+@pytest.fixture(scope='module')
+def seeker_setup(worlds):
+    state, _ = world(worlds, 1)
+    pos = np.asarray(state.player_position)
+    area = state.map.at[pos[0] - 3 : pos[0] + 4, pos[1] - 3 : pos[1] + 4].set(BlockType.GRASS.value)
+    no_mobs = state.zombies.replace(mask=jnp.zeros_like(state.zombies.mask))
+    # Already found a sapling: the seeker would otherwise search the grass it faces first.
+    got = state.achievements.at[Achievement.COLLECT_SAPLING.value].set(True)
+    state = state.replace(
+        achievements=got,
+        map=area,
+        mob_map=jnp.zeros_like(state.mob_map),
+        zombies=no_mobs,
+        cows=state.cows.replace(mask=jnp.zeros_like(state.cows.mask)),
+        skeletons=state.skeletons.replace(mask=jnp.zeros_like(state.skeletons.mask)),
+    )
+    act = jax.jit(lambda s, k: policies.seeker_policy(s, policies.init_policy_state(), k, 0.0)[0])
+    return state, pos, act
+
+
+def test_seeker_mines_a_tree_it_faces_and_crafts_at_a_table(seeker_setup):
+    state, pos, act = seeker_setup
+    key = jax.random.PRNGKey(0)
+    tree = state.replace(
+        map=state.map.at[pos[0], pos[1] + 1].set(BlockType.TREE.value),
+        player_direction=like(state.player_direction, Action.RIGHT.value),
+    )
+    assert int(act(tree, key)) == Action.DO.value
+    facing_left = tree.replace(player_direction=like(state.player_direction, Action.LEFT.value))
+    assert int(act(facing_left, key)) == Action.RIGHT.value  # turn towards the tree first
+    table = state.replace(
+        map=state.map.at[pos[0] + 1, pos[1] + 1].set(BlockType.CRAFTING_TABLE.value),
+        inventory=state.inventory.replace(wood=like(state.inventory.wood, 1)),
+    )
+    assert int(act(table, key)) == Action.MAKE_WOOD_PICKAXE.value
+
+
+def test_seeker_fights_an_adjacent_zombie(seeker_setup):
+    state, pos, act = seeker_setup
+    z = state.zombies
+    zombie = state.replace(
+        zombies=z.replace(
+            position=z.position.at[0].set(jnp.asarray([pos[0] + 1, pos[1]])),
+            mask=z.mask.at[0].set(True),
+            health=z.health.at[0].set(5),
+        ),
+        player_direction=like(state.player_direction, Action.UP.value),
+    )
+    assert int(act(zombie, jax.random.PRNGKey(0))) == Action.DOWN.value
+    facing = zombie.replace(player_direction=like(state.player_direction, Action.DOWN.value))
+    assert int(act(facing, jax.random.PRNGKey(0))) == Action.DO.value
+
+
+def test_random_policy_repeats_actions():
+    p = policies.init_policy_state()
+    actions = []
+    for i in range(40):
+        a, p = policies.random_policy(p, jax.random.PRNGKey(i), max_repeat=3)
+        actions.append(int(a))
+    runs, count = [], 1
+    for prev, cur in zip(actions[:-1], actions[1:], strict=True):
+        if cur == prev:
+            count += 1
+        else:
+            runs.append(count)
+            count = 1
+    assert max(runs) <= 6 and np.mean(runs) > 1.3  # repeats of 1..3 (twice in a row is rare)
+    assert len(set(actions)) > 5
+
+
+def test_policy_mix_assignment():
+    ids = rollout.assign_policies(10, {'random': 0.3, 'seeker': 0.7}, seed=0)
+    assert ids.tolist().count(0) == 3 and ids.tolist().count(1) == 7
+    assert not np.array_equal(ids, np.sort(ids))  # interleaved, so both splits get both
+    with pytest.raises(ValueError, match='unknown policies'):
+        rollout.assign_policies(10, {'expert': 1.0}, seed=0)
+    assert len(ACHIEVEMENT_NAMES) == 22 and ACHIEVEMENT_NAMES[0] == 'collect_wood'
