@@ -1,8 +1,12 @@
-"""`make demo`: the whole pipeline at a tiny config on CPU, resumable stage by stage.
+"""`make demo`: the whole pipeline at a tiny Craftax config on CPU, resumable stage by stage.
 
-  python -m dreamer4_jax.demo --workdir=runs/demo [--stages=toy]
+  python -m dreamer4_jax.demo --workdir=runs/demo [--stages=data,tokenizer,...] [--steps_scale=1]
 
-Each stage trains with the shared loop in its own folder under the workdir; re-running the same
+Stages: data (collect the tiny Craftax dataset if missing), tokenizer, dynamics, agent (world
+model + BC), bc (the same agent from scratch without the world model: the baseline),
+imagination (RL inside the world model); each trains with the shared loop in <workdir>/<stage>.
+Then evaluation (random, BC, WM+BC and the full agent play the real environment; success table
+in <workdir>/evaluation) and report (<workdir>/report.md and report.html). Re-running the same
 command skips finished stages and resumes an interrupted one from its last checkpoint.
 """
 
@@ -18,60 +22,118 @@ from absl import logging
 from dreamer4_jax import config_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, 'experiments', 'craftax_tiny.py')
+TRAIN_STAGES = ('tokenizer', 'dynamics', 'agent', 'bc', 'imagination')
+STAGES = ('data', *TRAIN_STAGES, 'evaluation', 'report')
+# Which config field of a stage points at the stage before it.
+LINKS = {
+    'dynamics': ('dynamics', 'tokenizer_workdir', 'tokenizer'),
+    'agent': ('agent', 'dynamics_workdir', 'dynamics'),
+    'bc': ('agent', 'dynamics_workdir', 'dynamics'),
+    'imagination': ('imagination', 'agent_workdir', 'agent'),
+}
 
-# (stage name, experiment file, variant). Later stages read earlier stages' checkpoints through
-# config fields set in `_link`.
-STAGES = (('toy', 'experiments/toy.py', ''),)
 
-
-def _stage_config(name: str, path: str, variant: str, workdir: str):
-    config = config_checks.load_config(
-        os.path.join(ROOT, path) + (f':{variant}' if variant else '')
-    )
+def stage_config(stage: str, workdir: str, steps_scale: float = 1.0):
+    config = config_checks.load_config(f'{EXPERIMENT}:{"agent" if stage == "bc" else stage}')
+    if stage == 'bc':
+        # Behavior cloning without the world model: same architecture, data and steps, random
+        # transformer weights and no video-prediction loss (the paper's BC baseline, Table 7).
+        config.agent.from_scratch = True
+        config.agent.loss_weights.dynamics = 0.0
+    if stage in LINKS:
+        section, field, previous = LINKS[stage]
+        config[section][field] = os.path.join(workdir, previous)
+    config.train.steps = max(1, int(round(config.train.steps * steps_scale)))
     return config
 
 
-def _finished(stage_dir: str, steps: int) -> bool:
+def finished(stage_dir: str, steps: int) -> bool:
     return os.path.isdir(os.path.join(stage_dir, 'checkpoints', str(steps)))
+
+
+def run_stage(stage: str, workdir: str, steps_scale: float) -> None:
+    if stage == 'data':
+        from dreamer4_jax.data.build import ensure_dataset
+
+        config = stage_config('tokenizer', workdir)
+        print(f'[demo] data: {ensure_dataset(config.data)}', flush=True)
+        return
+    if stage == 'report':
+        from dreamer4_jax.eval.report import write_report
+
+        path = write_report(workdir, [*TRAIN_STAGES, 'evaluation'])
+        print(f'[demo] report: {path} (and report.html)', flush=True)
+        return
+    if stage == 'evaluation':
+        from dreamer4_jax.eval.closed_loop import evaluate_agents
+
+        out = os.path.join(workdir, 'evaluation')
+        if os.path.exists(os.path.join(out, 'success.json')):
+            print(f'[demo] evaluation: already done in {out}, skipping', flush=True)
+            return
+        config = stage_config('imagination', workdir)
+        agents = {'random': 'random'}
+        agents.update(
+            {
+                name: os.path.join(workdir, stage)
+                for name, stage in (('BC', 'bc'), ('WM+BC', 'agent'), ('Dreamer 4', 'imagination'))
+            }
+        )
+        evaluate_agents(agents, out, config.closed_loop)
+        print(f'[demo] evaluation: {os.path.join(out, "success.md")}', flush=True)
+        return
+    from dreamer4_jax.train import phases
+
+    stage_dir = os.path.join(workdir, stage)
+    config = stage_config(stage, workdir, steps_scale)
+    if finished(stage_dir, int(config.train.steps)):
+        print(f'[demo] {stage}: already finished in {stage_dir}, skipping', flush=True)
+        return
+    print(f'[demo] {stage}: training {config.train.steps} steps in {stage_dir}', flush=True)
+    phases.run_phase(config, stage_dir)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--workdir', default='runs/demo')
-    parser.add_argument('--stages', default=','.join(s[0] for s in STAGES))
+    parser.add_argument('--stages', default=','.join(STAGES))
+    parser.add_argument(
+        '--steps_scale',
+        type=float,
+        default=1.0,
+        help="multiply every stage's training steps (e.g. 0.1 for a smoke run)",
+    )
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
 
-    from dreamer4_jax.train import phases  # after flags: keeps --help fast
-
     wanted = args.stages.split(',')
-    unknown = sorted(set(wanted) - {s[0] for s in STAGES})
+    unknown = sorted(set(wanted) - set(STAGES))
     if unknown:
-        parser.error(f'unknown stage(s) {unknown}; stages: {[s[0] for s in STAGES]}')
+        parser.error(f'unknown stage(s) {unknown}; stages: {", ".join(STAGES)}')
+    try:
+        config_checks.check_workdir(args.workdir)
+    except config_checks.ConfigError as e:
+        parser.error(str(e))
     os.makedirs(args.workdir, exist_ok=True)
     t0 = time.perf_counter()
-    for name, path, variant in STAGES:
-        if name not in wanted:
+    for stage in STAGES:
+        if stage not in wanted:
             continue
-        stage_dir = os.path.join(args.workdir, name)
-        config = _stage_config(name, path, variant, args.workdir)
-        if _finished(stage_dir, int(config.train.steps)):
-            print(f'[demo] {name}: already finished in {stage_dir}, skipping', flush=True)
-            continue
-        print(f'[demo] {name}: training in {stage_dir}', flush=True)
+        t_stage = time.perf_counter()
         try:
-            phases.run_phase(config, stage_dir)
+            run_stage(stage, args.workdir, args.steps_scale)
         except config_checks.ConfigError as e:
-            print(f'Config error in stage {name}: {e}', file=sys.stderr)
+            print(f'Config error in stage {stage}: {e}', file=sys.stderr)
             return 2
+        print(f'[demo] {stage}: {(time.perf_counter() - t_stage) / 60:.1f} min', flush=True)
     minutes = (time.perf_counter() - t0) / 60
-    print(f'[demo] done in {minutes:.1f} min. Outputs under {os.path.abspath(args.workdir)}:')
-    for name, _, _ in STAGES:
-        if name in wanted:
-            print(
-                f'  {name}: metrics.jsonl, tensorboard/, checkpoints/ in '
-                f'{os.path.join(args.workdir, name)}'
-            )
+    print(
+        f'[demo] done in {minutes:.1f} min. Open {os.path.join(args.workdir, "report.html")} '
+        f"(or report.md); each stage's metrics.jsonl, tensorboard/, eval/ and checkpoints/ are "
+        f'in {args.workdir}/<stage>/.',
+        flush=True,
+    )
     return 0
 
 

@@ -159,6 +159,7 @@ def shortcut_loss_terms(
     cfg: ShortcutConfig,
     *,
     has_aux: bool = False,
+    teacher_predict: Predict | None = None,
 ) -> dict[str, Array] | tuple[dict[str, Array], Any]:
     """Per-frame shortcut-forcing terms (PAPER 6.3, Eq. 7), each of shape tau.shape ([B, T]).
 
@@ -167,6 +168,9 @@ def shortcut_loss_terms(
     'loss'} with loss = weight * (flow_mask * flow + bootstrap_mask * bootstrap); the caller takes
     the mean and RMS-normalizes. Flow frames are d = d_min, bootstrap frames d > d_min. With
     `has_aux`, `predict` returns (out, aux) and the main pass's aux is returned as well.
+    `teacher_predict` (default `predict`) runs the two stop-gradient teacher passes; it may skip
+    rows without bootstrap frames (their teacher outputs are masked out) as long as it returns
+    finite values there, e.g. the dynamics phase runs the teacher only on its bootstrap rows.
     """
     if z1.shape != noise.shape or tau.shape != d.shape or z1.shape[: tau.ndim] != tau.shape:
         raise ValueError(
@@ -174,6 +178,8 @@ def shortcut_loss_terms(
             f'{tau.shape} / d {d.shape} must equal the leading dims of z1.'
         )
     call = predict if has_aux else (lambda *a: (predict(*a), None))
+    teacher = predict if teacher_predict is None else teacher_predict
+    call_teacher = teacher if has_aux else (lambda *a: (teacher(*a), None))
     axes = tuple(range(tau.ndim, z1.ndim))
     z1, noise = z1.astype(jnp.float32), noise.astype(jnp.float32)
     tau, d = tau.astype(jnp.float32), d.astype(jnp.float32)
@@ -197,11 +203,11 @@ def shortcut_loss_terms(
         # Teacher passes see the whole sequence; only bootstrap frames take a half step. Other
         # frames keep exactly the main pass's inputs (valid embedding rows, same context).
         d_half = jnp.where(boot, d / 2, d)
-        out1, _ = call(z_t, tau, d_half)
+        out1, _ = call_teacher(z_t, tau, d_half)
         b1 = as_x_and_v(jax.lax.stop_gradient(out1), z_t, tau)[1]
         z_mid = jnp.where(_bcast(boot, z_t), z_t + b1 * _bcast(d_half, z_t), z_t)
         tau_mid = jnp.where(boot, tau + d_half, tau)
-        out2, _ = call(z_mid, tau_mid, d_half)
+        out2, _ = call_teacher(z_mid, tau_mid, d_half)
         b2 = as_x_and_v(jax.lax.stop_gradient(out2), z_mid, tau_mid)[1]
         v_target = (b1 + b2) / 2.0
         if cfg.loss_space == 'x':

@@ -13,6 +13,10 @@ from dreamer4_jax.train import loop
 # phase's heavy dependencies (LPIPS weights, Craftax) load only when that phase runs.
 PHASES = {
     'toy': 'dreamer4_jax.train.toy',
+    'tokenizer': 'dreamer4_jax.train.tokenizer_phase',
+    'dynamics': 'dreamer4_jax.train.dynamics_phase',
+    'agent': 'dreamer4_jax.train.agent_phase',
+    'imagination': 'dreamer4_jax.train.imagination_phase',
 }
 
 

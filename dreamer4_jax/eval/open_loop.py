@@ -1,0 +1,169 @@
+"""Open-loop evaluation of the dynamics model on held-out windows (PAPER 7, 12.5).
+
+From the first T real frames (encoded by the frozen tokenizer) and the real actions, generate the
+next H frames with the cached sampler, decode them, and compare with the real frames:
+  psnr_hXX / ssim_hXX     per horizon step XX (1-based), mean over the batch;
+  psnr / ssim             means over the horizon;
+  psnr_copy_last          baseline: repeat the last context frame (a model must beat it where
+                          the scene moves);
+  psnr_recon              the tokenizer's own reconstruction of the same frames (upper bound);
+  counterfactual_mse      pixel MSE between futures generated from the SAME context and noise
+                          with the real vs. random actions (action conditioning at work);
+  noise_mse               pixel MSE between two futures with the same actions and different
+                          noise (what sampling alone changes; the counterfactual should exceed it).
+Writes a GIF: per row [real | context reconstruction, then generated], a green bar over context
+frames and a red bar over generated ones.
+
+Dimension keys: B batch, L = T + H frames, T context, H horizon, N latents, C channels, H/W pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamer4_jax import losses
+from dreamer4_jax.dynamics import Dynamics, align_actions
+from dreamer4_jax.eval import images as image_io
+from dreamer4_jax.generation import SamplingConfig, rollout
+from dreamer4_jax.tokenizer import Tokenizer
+
+
+def counterfactual_actions(
+    rng: jax.Array, actions: Mapping[str, jax.Array], has_BL: jax.Array, components, start: int
+):
+    """Block actions with frames >= start replaced by random ones (all labeled).
+
+    Categorical: uniform; binary: Bernoulli(0.5); continuous: the real values negated (their
+    scale is data-specific, negation keeps it while changing the direction).
+    """
+    out = {}
+    keys = jax.random.split(rng, max(len(components), 1))
+    b, length = has_BL.shape
+    future = (jnp.arange(length) >= start)[None, :]
+    for key, (name, kind, size) in zip(keys, components, strict=False):
+        a = actions[name]
+        if kind == 'categorical':
+            new = jax.random.randint(key, a.shape, 0, size).astype(a.dtype)
+            out[name] = jnp.where(future, new, a)
+        elif kind == 'binary':
+            new = jax.random.bernoulli(key, 0.5, a.shape).astype(a.dtype)
+            out[name] = jnp.where(future[..., None], new, a)
+        else:
+            out[name] = jnp.where(future[..., None], -a, a)
+    return out, has_BL | future
+
+
+def side_by_side(
+    real_BLHWC: np.ndarray, gen_BLHWC: np.ndarray, context: int, num_rows: int
+) -> np.ndarray:
+    """[L, H', W', 3] uint8 frames: rows of [real | model], colored bars mark context/generated."""
+    gen = image_io.to_uint8(gen_BLHWC[:num_rows]).copy()
+    bar = max(1, gen.shape[2] // 32)
+    gen[:, :context, :bar] = (0, 200, 0)
+    gen[:, context:, :bar] = (220, 0, 0)
+    real = image_io.to_uint8(real_BLHWC[:num_rows])
+    frames = []
+    for t in range(real.shape[1]):
+        rows = [np.stack([real[i, t], gen[i, t]]) for i in range(real.shape[0])]
+        frames.append(image_io.grid(rows))
+    return np.stack(frames)
+
+
+def _scores(gen_BHWC, target_BHWC, last_BWC, recon_BHWC) -> dict:
+    """Per-horizon-step means over the batch: [H] arrays."""
+    copy = jnp.broadcast_to(last_BWC[:, None], target_BHWC.shape)
+    mean = lambda x: jnp.mean(x, axis=0)
+    return {
+        'psnr': mean(losses.psnr(gen_BHWC, target_BHWC)),
+        'ssim': mean(losses.ssim(gen_BHWC, target_BHWC)),
+        'psnr_copy_last': mean(losses.psnr(copy, target_BHWC)),
+        'psnr_recon': mean(losses.psnr(recon_BHWC, target_BHWC)),
+    }
+
+
+class OpenLoopEvaluator:
+    """Jitted encode / rollout / decode, compiled once and reused across evaluations."""
+
+    def __init__(self, model: Dynamics, tokenizer: Tokenizer, sampling: SamplingConfig):
+        self.model = model
+        self.sampling = sampling
+        self.encode = jax.jit(
+            lambda p, x: tokenizer.apply({'params': p}, x, method=Tokenizer.encode)
+        )
+        self.decode = jax.jit(
+            lambda p, z: jnp.clip(
+                tokenizer.apply({'params': p}, z, method=Tokenizer.decode), 0.0, 1.0
+            )
+        )
+        self.rollout = jax.jit(
+            functools.partial(rollout, model, sampling=sampling), static_argnames=('horizon',)
+        )
+        self.scores = jax.jit(_scores)
+
+    def __call__(
+        self,
+        params: Any,
+        tokenizer_params: Any,
+        batch: Mapping[str, Any],
+        *,
+        context: int,
+        horizon: int | None = None,
+        rng: jax.Array,
+        video_path: str | None = None,
+        num_videos: int = 4,
+    ) -> dict:
+        real = jnp.asarray(batch['image'], jnp.float32) / 255.0
+        b, length = real.shape[:2]
+        horizon = length - context if horizon is None else horizon
+        if context < 1 or horizon < 1 or context + horizon > length:
+            raise ValueError(
+                f'open loop: context={context} and horizon={horizon} must be >= 1 '
+                f'and fit the eval window of {length} frames; change '
+                'dynamics.eval_context / eval_horizon or data.window_length'
+            )
+        real = real[:, : context + horizon]
+        acts, has = align_actions(
+            {k: jnp.asarray(v)[:, : context + horizon] for k, v in batch['action'].items()},
+            jnp.asarray(batch['has_action'])[:, : context + horizon],
+            jnp.asarray(batch['is_first'])[:, : context + horizon] if 'is_first' in batch else None,
+        )
+        z = self.encode(tokenizer_params, real)
+        z_ctx = z[:, :context]
+        rng_cf, rng_noise = jax.random.split(jax.random.fold_in(rng, 1))
+
+        def future(actions, has_BL, key):
+            gen = self.rollout(params, z_ctx, actions, has_BL, key, horizon=horizon)
+            # The decoder is causal in time: decode after the real context latents.
+            pix = self.decode(tokenizer_params, jnp.concatenate([z_ctx, gen], axis=1))
+            return gen, pix
+
+        gen, pix = future(acts, has, rng)
+        target = real[:, context:]
+        gen_pix = pix[:, context:]
+        recon = self.decode(tokenizer_params, z)
+        s = jax.device_get(self.scores(gen_pix, target, real[:, context - 1], recon[:, context:]))
+        out = {k: float(v.mean()) for k, v in s.items()}
+        for h in range(horizon):
+            out[f'psnr_h{h + 1:02d}'] = float(s['psnr'][h])
+            out[f'ssim_h{h + 1:02d}'] = float(s['ssim'][h])
+
+        comps = self.model.config.actions
+        if comps:
+            cf_acts, cf_has = counterfactual_actions(rng_cf, acts, has, comps, context)
+            gen_cf, pix_cf = future(cf_acts, cf_has, rng)
+            out['counterfactual_mse'] = float(jnp.mean((pix_cf - pix)[:, context:] ** 2))
+            out['counterfactual_latent_mse'] = float(jnp.mean((gen_cf - gen) ** 2))
+        _, pix_noise = future(acts, has, rng_noise)
+        out['noise_mse'] = float(jnp.mean((pix_noise - pix)[:, context:] ** 2))
+
+        if video_path is not None and jax.process_index() == 0:
+            shown = jnp.concatenate([recon[:, :context], gen_pix], axis=1)
+            frames = side_by_side(np.asarray(real), np.asarray(shown), context, num_videos)
+            image_io.save_video(video_path, frames, fps=4, scale=2)
+        return out

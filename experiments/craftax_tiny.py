@@ -1,0 +1,73 @@
+"""Tiny Craftax-Classic pipeline for CPU: every phase in minutes (the `make demo` config).
+
+  python -m dreamer4_jax.main --config=experiments/craftax_tiny.py:tokenizer --workdir=runs/t/tok
+  python -m dreamer4_jax.main --config=experiments/craftax_tiny.py:dynamics \
+      --config.dynamics.tokenizer_workdir=runs/t/tok --workdir=runs/t/dyn
+  python -m dreamer4_jax.main --config=experiments/craftax_tiny.py:agent \
+      --config.agent.dynamics_workdir=runs/t/dyn --workdir=runs/t/agent
+  python -m dreamer4_jax.main --config=experiments/craftax_tiny.py:imagination \
+      --config.imagination.agent_workdir=runs/t/agent --workdir=runs/t/imag
+
+Variants: 'tokenizer', 'dynamics', 'agent', 'imagination' (the phase to run). `make demo` runs
+them in order with the links set (dreamer4_jax/demo.py). Sizes are chosen for speed on 2 CPU
+cores, not quality; experiments/craftax_small.py is the one-GPU config.
+"""
+
+from dreamer4_jax.configs import base_config
+from dreamer4_jax.data.config import default_data_config
+from dreamer4_jax.train import model_configs as mc
+
+VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
+
+
+def tiny_block(**kw):
+    return mc.transformer_config_dict(
+        **{**dict(width=64, depth=4, num_heads=4, time_every=4), **kw}
+    )
+
+
+def get_config(arg: str | None = None):
+    variant = arg or 'tokenizer'
+    if variant not in VARIANTS:
+        raise ValueError(
+            f'experiments/craftax_tiny.py: unknown variant {arg!r}; choose one of {VARIANTS}.'
+        )
+    c = base_config()
+    c.phase = variant
+    c.data = default_data_config()
+    c.data.window_length = 8
+    c.data.eval_batch_size = 8
+    c.train.log_every = 25
+    c.train.checkpoint_every = 100
+    c.train.eval_every = 0
+
+    # Phase 1a: 64x64 frames, 8x8 patches (64 patches) + 16 latents of 16 channels.
+    c.tokenizer = mc.tokenizer_config_dict(
+        encoder=tiny_block(), decoder=tiny_block(), lpips_frames=2
+    )
+    # Phase 1b: 4 registers, GQA with 1 KV head, time window C = 8 (PAPER 6.5: C < T2).
+    c.dynamics = mc.dynamics_config_dict(
+        transformer=tiny_block(width=96, num_kv_heads=1, time_window=8)
+    )
+    c.agent = mc.agent_config_dict(head_hidden=128)
+    c.imagination = mc.imagination_config_dict()
+    c.closed_loop = mc.closed_loop_config_dict()
+
+    if variant == 'tokenizer':
+        c.train.steps = 400
+        c.train.batch_size = 8
+        c.train.learning_rate = 2e-3
+        c.data.window_length = 4
+    elif variant == 'dynamics':
+        c.train.steps = 400
+        c.train.batch_size = 8
+        c.train.learning_rate = 1e-3
+    elif variant == 'agent':
+        c.train.steps = 300
+        c.train.batch_size = 8
+        c.train.learning_rate = 1e-3
+    else:
+        c.train.steps = 150
+        c.train.batch_size = 8
+        c.train.learning_rate = 3e-4
+    return c

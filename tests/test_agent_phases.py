@@ -1,0 +1,214 @@
+"""Agent finetuning (phase 2) and imagination training (phase 3) steps on a tiny model."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dreamer4_jax import dynamics as dyn
+from dreamer4_jax.configs import base_config
+from dreamer4_jax.nn import TransformerConfig
+from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
+from dreamer4_jax.train import agent_phase, imagination_phase
+from dreamer4_jax.train.model_configs import (
+    agent_config_dict,
+    dynamics_config_dict,
+    dynamics_config_from,
+    imagination_config_dict,
+    transformer_config_dict,
+)
+
+B, T, K = 4, 6, 5
+
+
+def _random_params(init_fn, seed):
+    """Parameters of init_fn's shapes without compiling it: norm scales 1, the rest small
+    Gaussians (the frozen tokenizer and the 'pretrained' dynamics model need no real init)."""
+    shapes = jax.eval_shape(lambda: nn.unbox(init_fn(jax.random.key(0))))
+    flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
+    rs = np.random.RandomState(seed)
+    leaves = [
+        np.ones(s.shape, np.float32)
+        if str(getattr(path[-1], 'key', '')) in ('scale', 'q_norm', 'k_norm')
+        else (0.1 * rs.standard_normal(s.shape)).astype(np.float32)
+        for path, s in flat
+    ]
+    return jax.tree_util.tree_unflatten(tree, [jnp.asarray(x) for x in leaves])
+
+
+def _tokenizer():
+    tc = TransformerConfig(width=16, depth=2, num_heads=2, time_every=2)
+    cfg = TokenizerConfig(
+        height=16, width=16, patch=8, num_latents=4, latent_dim=3, encoder=tc, decoder=tc
+    )
+    params = _random_params(lambda k: Tokenizer(cfg).init(k, jnp.zeros((1, 1, 16, 16, 3))), 0)
+    return params['params'], cfg
+
+
+def _dynamics_run(tok_cfg):
+    run = ml_collections.ConfigDict()
+    run.dynamics = dynamics_config_dict(
+        action_space='craftax',
+        num_registers=1,
+        k_max=8,
+        teacher_rows=0.5,
+        transformer=transformer_config_dict(
+            width=16, depth=2, num_heads=2, time_every=2, time_window=8
+        ),
+    )
+    model = dyn.Dynamics(dynamics_config_from(run.dynamics, tok_cfg))
+    return _random_params(lambda k: dyn.init_params(model, k), 1), run
+
+
+def _config(phase):
+    c = base_config()
+    c.phase = phase
+    c.train.batch_size = B
+    c.train.warmup_steps = 0  # a real update at step 0
+    c.data = ml_collections.ConfigDict({'window_length': T})
+    c.agent = agent_config_dict(
+        num_tasks=K, mtp_length=2, head_hidden=16, reward_bins=11, value_bins=11, teacher_rows=0.5
+    )
+    c.imagination = imagination_config_dict(context=3, horizon=3)
+    return c
+
+
+def _batch(seed=0):
+    rs = np.random.RandomState(seed)
+    task_reward = np.zeros((B, T, K), np.float32)
+    task_reward[0, 4, 2] = 1.0  # rows 0 and 2 are task-relevant
+    task_reward[2, 3, 1] = 1.0
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    return {
+        'image': jnp.asarray(rs.randint(0, 256, (B, T, 16, 16, 3)), jnp.uint8),
+        'action': {'discrete': jnp.asarray(rs.randint(0, 17, (B, T)), jnp.int32)},
+        'has_action': jnp.ones((B, T), bool),
+        'is_first': jnp.asarray(is_first),
+        'is_last': jnp.zeros((B, T), bool),
+        'is_terminal': jnp.zeros((B, T), bool),
+        'reward': jnp.asarray(task_reward.sum(-1)),
+        'task_reward': jnp.asarray(task_reward),
+    }
+
+
+@pytest.fixture(scope='module')
+def pretrained():
+    tok = _tokenizer()
+    return tok, _dynamics_run(tok[1])
+
+
+def _changed(a, b):
+    flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
+    flat_b = jax.tree.leaves(b)
+    return {
+        '/'.join(str(getattr(p, 'key', p)) for p in path)
+        for (path, x), y in zip(flat_a, flat_b, strict=True)
+        if not np.array_equal(np.asarray(x), np.asarray(y))
+    }
+
+
+def test_row_tasks_from_task_rewards():
+    task, relevant = agent_phase.row_tasks(_batch(), K, jax.random.key(0))
+    assert relevant.tolist() == [True, False, True, False]
+    assert int(task[0]) == 2 and int(task[2]) == 1
+    assert bool(jnp.all((task >= 0) & (task < K)))
+    # The pipeline's per-step fields win (constant along T).
+    given = {
+        **_batch(),
+        'task_id': jnp.repeat(jnp.asarray([[3], [-1], [0], [-1]]), T, 1),
+        'relevant': jnp.repeat(jnp.asarray([[True], [False], [True], [False]]), T, 1),
+    }
+    task, relevant = agent_phase.row_tasks(given, K, jax.random.key(0))
+    assert int(task[0]) == 3 and int(task[2]) == 0
+
+
+@pytest.fixture(scope='module')
+def agent_run(pretrained):
+    tok, (dyn_params, dyn_run) = pretrained
+    config = _config('agent')
+    phase = agent_phase.make_phase(config, dynamics=(dyn_params, dyn_run), tokenizer=tok)
+    state = jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(2))
+    step = jax.jit(phase.train_step)
+    new, metrics = step(state, _batch(), jax.random.key(3), {'tokenizer': tok[0]})
+    return phase, state, new, metrics, config
+
+
+def test_agent_step_starts_from_the_dynamics_checkpoint_and_freezes_value(pretrained, agent_run):
+    (_, _), (dyn_params, _) = pretrained
+    _, state, new, metrics, _ = agent_run
+    # Every pretrained leaf is loaded; only the agent-token embedding is new.
+    for name, value in dyn_params.items():
+        jax.tree.map(np.testing.assert_array_equal, state.params['dynamics'][name], value)
+    assert set(state.params['dynamics']) - set(dyn_params) == {'agent_tokens'}
+    for name in ('loss/total', 'loss/dynamics', 'loss/bc', 'loss/reward'):
+        assert np.isfinite(float(metrics[name])), name
+    changed = _changed(state.params, new.params)
+    assert not any(c.startswith('agent/value') for c in changed)
+    for prefix in (
+        'dynamics/transformer',
+        'dynamics/agent_tokens',
+        'agent/policy',
+        'agent/reward',
+        'agent/task_embed',
+    ):
+        assert any(c.startswith(prefix) for c in changed), prefix
+
+
+def test_bc_baseline_from_scratch_without_dynamics_loss(pretrained):
+    tok, (dyn_params, dyn_run) = pretrained
+    config = _config('agent')
+    config.agent.from_scratch = True
+    config.agent.loss_weights.dynamics = 0.0
+    phase = agent_phase.make_phase(config, dynamics=(dyn_params, dyn_run), tokenizer=tok)
+    state = jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(2))
+    w = state.params['dynamics']['transformer']['block_0']['mlp']['wi']
+    assert not np.array_equal(w, dyn_params['transformer']['block_0']['mlp']['wi'])
+    # Tracing is enough to see which terms the step computes (compiling it again is slow).
+    _, metrics = jax.eval_shape(
+        phase.train_step, state, _batch(), jax.random.key(3), {'tokenizer': tok[0]}
+    )
+    assert 'loss/dynamics' not in metrics and 'loss/bc' in metrics and 'loss/reward' in metrics
+
+
+def test_imagination_step_moves_only_policy_and_value(pretrained, agent_run):
+    tok, (_, dyn_run) = pretrained
+    a_phase, _, trained, _, a_config = agent_run
+    wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], a_config.agent)
+    config = _config('imagination')
+    phase = imagination_phase.make_phase(
+        config, agent=(trained.params, a_config), tokenizer=tok, world_model=wm
+    )
+    state = jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(0))
+    # The prior is an exact copy of the BC policy it starts from.
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        state.params['prior_policy'],
+        trained.params['agent']['policy'],
+    )
+    new, metrics = jax.jit(phase.train_step)(
+        state, _batch(1), jax.random.key(4), {'tokenizer': tok[0]}
+    )
+    for name in ('loss/total', 'loss/value', 'pmpo/loss', 'pmpo/kl'):
+        assert np.isfinite(float(metrics[name])), name
+    # KL to the prior is 0 at the first step: the policy IS the prior.
+    assert abs(float(metrics['pmpo/kl'])) < 1e-6
+    changed = _changed(state.params, new.params)
+    assert changed, 'nothing trained'
+    assert all(c.startswith(('agent/policy/', 'agent/value/')) for c in changed), changed
+    assert any(c.startswith('agent/policy/') for c in changed)
+    assert any(c.startswith('agent/value/') for c in changed)
+
+
+def test_imagined_returns_credit_the_action_before_the_reward():
+    """A reward that arrives with state 2 is earned by the action at state 1 (off-by-one)."""
+    reward = jnp.asarray([[5.0, 0.0, 1.0, 0.0]])  # state 0's reward is before any action
+    value = jnp.zeros((1, 4))
+    got = imagination_phase.imagined_returns(reward, value, 0.9, 1.0)
+    np.testing.assert_allclose(got, [[0.9, 1.0, 0.0]], rtol=1e-6)
+    # lam = 0: one-step TD targets r_{s+1} + gamma * v_{s+1}.
+    value = jnp.asarray([[0.0, 2.0, 3.0, 4.0]])
+    got = imagination_phase.imagined_returns(reward, value, 0.5, 0.0)
+    np.testing.assert_allclose(got, [[0.0 + 0.5 * 2.0, 1.0 + 0.5 * 3.0, 0.0 + 0.5 * 4.0]])

@@ -1,0 +1,165 @@
+"""Agent heads and multi-token targets (PAPER 9.2): alignment, validity masks, loss terms."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamer4_jax.agent import (
+    AgentConfig,
+    AgentHeads,
+    agent_loss_terms,
+    init_agent_params,
+    policy_targets,
+    reward_targets,
+)
+from dreamer4_jax.distributions import ActionDist, TwoHot
+
+CRAFTAX_LIKE = (('action', 'categorical', 17),)
+
+
+def _batch(b=2, t=6, k=3):
+    """Row 0: one episode; row 1: a new episode starts at t = 3, frame 2 is its last frame."""
+    action = np.tile(np.arange(t, dtype=np.int32), (b, 1)) + 10 * np.arange(b)[:, None]
+    is_first = np.zeros((b, t), bool)
+    is_last = np.zeros((b, t), bool)
+    is_first[:, 0] = True
+    is_first[1, 3] = True
+    is_last[1, 2] = True
+    has_action = np.ones((b, t), bool)
+    has_action[0, 4] = False  # an unlabeled step
+    action = action % 17
+    action[0, 4] = -1  # the dataset's placeholder where has_action is False
+    action[1, 2] = -1  # ... and at an episode's last frame (no action follows it)
+    has_action[1, 2] = False
+    task_reward = np.zeros((b, t, k), np.float32)
+    task_reward[0, 4, 1] = 1.0  # achievement 1 unlocked on arriving at frame 4 of row 0
+    task_reward[1, 5, 2] = 1.0
+    return {
+        'action': {'action': jnp.asarray(action)},
+        'has_action': jnp.asarray(has_action),
+        'is_first': jnp.asarray(is_first),
+        'is_last': jnp.asarray(is_last),
+        'task_reward': jnp.asarray(task_reward),
+    }
+
+
+def test_policy_targets_are_the_stored_actions_t_plus_n():
+    batch = _batch()
+    actions, valid = policy_targets(batch, 4)
+    a = np.asarray(batch['action']['action'])
+    acts = np.asarray(actions['action'])
+    valid = np.asarray(valid)
+    for b in range(2):
+        for t in range(6):
+            for n in range(4):
+                s = t + n
+                expect = s < 6
+                if expect:
+                    same_episode = not (b == 1 and t < 3 <= s)
+                    expect = same_episode and not (b == 0 and s == 4) and not (b == 1 and s == 2)
+                assert valid[b, t, n] == expect, (b, t, n)
+                # Valid entries hold action[t + n]; invalid ones a harmless 0, never -1.
+                assert acts[b, t, n] == (a[b, s] if expect else 0), (b, t, n)
+    # Offset 0 is the action taken after observing frame t (DESIGN 3), not the one before it.
+    np.testing.assert_array_equal(acts[:, :, 0], np.where(valid[:, :, 0], a, 0))
+
+
+def test_reward_targets_offset_n_is_the_reward_of_frame_t_plus_n():
+    batch = _batch()
+    rewards, valid = reward_targets(batch, jnp.asarray([1, 2]), 3)
+    rewards, valid = np.asarray(rewards), np.asarray(valid)
+    # Row 0, task 1: the reward arrives with frame 4, so h_4 offset 0, h_3 offset 1 and h_2
+    # offset 2 see it; h_4's own action (stored at 4) is not what earned it.
+    hot = {(t, n) for t in range(6) for n in range(3) if rewards[0, t, n] == 1.0}
+    assert hot == {(4, 0), (3, 1), (2, 2)}
+    # Row 1, task 2: the reward at frame 5 of the second episode; frames of the first episode
+    # (t < 3) never target it, and t + n past the window is invalid.
+    assert {(t, n) for t in range(6) for n in range(3) if rewards[1, t, n] == 1.0} == {
+        (5, 0),
+        (4, 1),
+        (3, 2),
+    }
+    assert not valid[1, 2, 1] and not valid[1, 1, 2] and valid[1, 3, 2]
+    assert not valid[0, 5, 1] and not valid[0, 4, 2] and valid[0, 3, 2]
+    # Task selection: row 0 rewards are task 1's column only.
+    other, _ = reward_targets(batch, jnp.asarray([2, 2]), 3)
+    assert float(jnp.sum(other[0])) == 0.0
+
+
+def test_heads_have_one_output_layer_per_offset():
+    cfg = AgentConfig(num_tasks=3, width=8, mtp_length=2, hidden=16, reward_bins=11, value_bins=11)
+    heads = AgentHeads(cfg, CRAFTAX_LIKE)
+    params = jax.jit(lambda k: nn.unbox(init_agent_params(heads, k)))(jax.random.key(0))
+    h = jax.random.normal(jax.random.key(1), (2, 4, 1, 8))
+
+    @jax.jit
+    def outputs(params):
+        return (
+            heads.apply({'params': params}, h, method=AgentHeads.policy_params)['action'],
+            heads.apply({'params': params}, h, method=AgentHeads.reward_logits),
+            heads.apply({'params': params}, jnp.asarray([[0, 2]]), method=AgentHeads.agent_inputs),
+        )
+
+    pol, r, emb = outputs(params)
+    assert pol.shape == (2, 4, 3, 17)
+    # Changing offset 1's output weights moves offset 1's prediction only.
+    p2 = jax.tree.map(lambda x: x, params)
+    p2['policy']['out'] = params['policy']['out'].at[1].add(1.0)
+    pol2 = outputs(p2)[0]
+    np.testing.assert_array_equal(pol2[:, :, 0], pol[:, :, 0])
+    np.testing.assert_array_equal(pol2[:, :, 2], pol[:, :, 2])
+    assert float(jnp.max(jnp.abs(pol2[:, :, 1] - pol[:, :, 1]))) > 1e-3
+    # Reward and value start at exactly 0 (zero-initialized output layers).
+    np.testing.assert_allclose(cfg.reward_dist.mean(r), 0.0, atol=1e-6)
+    # The task embedding is the one-hot task times a table plus a base.
+    te = params['task_embed']
+    np.testing.assert_allclose(emb[0, 1], te['table'][2] + te['base'], rtol=1e-6)
+
+
+def test_agent_loss_terms_match_numpy_reference():
+    rs = np.random.RandomState(0)
+    b, t, n = 2, 6, 3
+    batch = _batch(b, t)
+    dist, two = ActionDist(CRAFTAX_LIKE), TwoHot(11, -5.0, 5.0)
+    logits = rs.randn(b, t, n, 17).astype(np.float32)
+    rlogits = rs.randn(b, t, n, 11).astype(np.float32)
+    task = jnp.asarray([1, 2])
+    bc_rows = jnp.asarray([True, False])  # only row 0 is task-relevant
+    losses, metrics = agent_loss_terms(
+        dist,
+        two,
+        {'action': jnp.asarray(logits)},
+        jnp.asarray(rlogits),
+        batch,
+        task,
+        bc_rows,
+        jnp.asarray([True, True]),
+    )
+    acts, valid = policy_targets(batch, n)
+    acts, valid = np.asarray(acts['action']), np.asarray(valid)
+    rew, rvalid = (np.asarray(x) for x in reward_targets(batch, task, n))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    rlogp = rlogits - np.log(np.exp(rlogits).sum(-1, keepdims=True))
+    target = np.asarray(two.encode(rew))  # two-hot encoding itself: tests/test_distributions.py
+    bc_ref, r_ref = 0.0, 0.0
+    for k in range(n):
+        nll = [-logp[0, i, k, acts[0, i, k]] for i in range(t) if valid[0, i, k]]
+        bc_ref += np.mean(nll)
+        rnll = [
+            -np.sum(target[j, i, k] * rlogp[j, i, k])
+            for j in range(b)
+            for i in range(t)
+            if rvalid[j, i, k]
+        ]
+        r_ref += np.mean(rnll)
+    np.testing.assert_allclose(losses['bc'], bc_ref, rtol=1e-5)
+    np.testing.assert_allclose(losses['reward'], r_ref, rtol=1e-5)
+    assert float(metrics['agent/bc_targets']) == valid[0, :, 0].sum() == 5
+    # Placeholders (-1) at invalid steps give neither NaN losses nor NaN gradients.
+    grad = jax.grad(
+        lambda lg: agent_loss_terms(
+            dist, two, {'action': lg}, jnp.asarray(rlogits), batch, task, bc_rows, bc_rows
+        )[0]['bc']
+    )(jnp.asarray(logits))
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0

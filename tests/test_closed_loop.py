@@ -1,0 +1,230 @@
+"""Closed-loop evaluation: Wilson intervals, the task ladder, counting real unlocks, caches."""
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamer4_jax.envs.craftax import TimeStep
+from dreamer4_jax.eval import closed_loop
+from dreamer4_jax.eval.success_table import rates_from_unlocks, wilson_interval, write_tables
+from dreamer4_jax.nn import TransformerConfig
+from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
+
+
+def test_wilson_interval_known_values():
+    # Hand-computed: 0/10 -> upper z^2 / (n + z^2); 5/10 -> 0.5 +- 0.2634; 10/10 mirrors 0/10.
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(3.8416 / 13.8416, abs=1e-4)
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    lo, hi = wilson_interval(10, 10)
+    assert lo == pytest.approx(1 - 3.8416 / 13.8416, abs=1e-4) and hi == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match='successes <= trials'):
+        wilson_interval(3, 2)
+
+
+def test_ladder_task_advances_past_everything_done():
+    ladder = jnp.asarray([4, 0, 2])
+    unlocked = jnp.zeros((4, 5), bool)
+    unlocked = unlocked.at[1, 4].set(True)  # first rung done
+    unlocked = unlocked.at[2, 4].set(True).at[2, 0].set(True)
+    unlocked = unlocked.at[3].set(True)  # everything: stay on the last rung
+    assert closed_loop.ladder_task(ladder, unlocked).tolist() == [4, 0, 2, 2]
+    # A later rung done early does not skip an earlier one that is still open.
+    assert closed_loop.ladder_task(ladder, jnp.zeros((1, 5), bool).at[0, 2].set(True)).tolist() == [
+        4
+    ]
+
+
+class CountingEnv:
+    """Fake env with K = 3 achievements: action a < 3 unlocks achievement a (once). Episode e
+    ends after `2 + e` steps; stepping an ended episode is absorbing (no unlocks), like Craftax."""
+
+    def reset(self, key, n):
+        del key
+        state = {'t': jnp.zeros(n, jnp.int32), 'got': jnp.zeros((n, 3), bool)}
+        return state, self._ts(state, jnp.zeros((n, 3), bool), jnp.ones(n, bool))
+
+    def _ts(self, state, unlocked, first):
+        n = state['t'].shape[0]
+        frame = jnp.broadcast_to(state['t'][:, None, None, None].astype(jnp.uint8), (n, 8, 8, 3))
+        last = state['t'] >= 2 + jnp.arange(n)
+        return TimeStep(frame, unlocked.any(-1).astype(jnp.float32), unlocked, first, last, last)
+
+    def step(self, state, actions, key):
+        del key
+        done = state['t'] >= 2 + jnp.arange(state['t'].shape[0])
+        hit = jax.nn.one_hot(actions, 3, dtype=bool) & ~state['got'] & ~done[:, None]
+        new = {'t': state['t'] + (~done), 'got': state['got'] | hit}
+        return new, self._ts(new, hit, jnp.zeros_like(done))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFollower:
+    """Acts out the prompted task id (a perfect 'agent' for CountingEnv)."""
+
+    dist = closed_loop.ActionDist((('discrete', 'categorical', 17),))
+
+    def init(self, n):
+        return ()
+
+    def act(self, params, state, frames, task, rng):
+        return {'discrete': task[:, None]}, state
+
+
+def test_play_counts_real_unlocks_and_walks_the_ladder():
+    env, pol = CountingEnv(), PromptFollower()
+    out = closed_loop.play(env, pol, {}, jax.random.key(0), 3, 3, [2, 0, 1], max_steps=10)
+    # Episode e lasts 2 + e steps: ladder 2 -> 0 -> 1 needs 3 steps.
+    np.testing.assert_array_equal(out['unlocked'], [[1, 0, 1], [1, 1, 1], [1, 1, 1]])
+    assert out['length'].tolist() == [2, 3, 4]
+    assert out['return'].tolist() == [2.0, 3.0, 3.0]
+    assert out['final_task'].tolist() == [1, 1, 1]
+    single = closed_loop.play(env, pol, {}, jax.random.key(0), 4, 3, [1], max_steps=10)
+    np.testing.assert_array_equal(single['unlocked'], [[0, 1, 0]] * 4)  # 2 batches, 4 kept
+    # The step limit truncates: at max_steps=2 only one env step is taken.
+    short = closed_loop.play(env, pol, {}, jax.random.key(0), 3, 3, [2, 0, 1], max_steps=2)
+    np.testing.assert_array_equal(short['unlocked'], [[0, 0, 1]] * 3)
+
+
+def test_tables_written_with_rates_and_intervals(tmp_path):
+    names = ['a', 'b']
+    rates = rates_from_unlocks(np.asarray([[1, 0], [1, 0], [0, 0], [1, 1]]), names)
+    assert rates['a']['rate'] == 0.75 and rates['b']['successes'] == 1
+    results = {
+        'ladder': {
+            'rows': names,
+            'rates': {'random': rates},
+            'info': {'episodes': 4},
+            'episode_stats': {'random': {'mean_length': 3.0, 'mean_return': 1.0}},
+        }
+    }
+    json_path, md_path = write_tables(str(tmp_path), results)
+    assert json.load(open(json_path))['ladder']['rates']['random']['a']['episodes'] == 4
+    md = open(md_path).read()
+    assert '| a | 75.0 [30, 95] |' in md and '| random | 3.0 | 1.00 |' in md
+    assert not [f for f in os.listdir(tmp_path) if f.startswith('.tmp')]
+
+
+def test_encode_step_equals_full_sequence_encode():
+    tc = TransformerConfig(width=16, depth=2, num_heads=2, time_every=2)
+    tok = Tokenizer(
+        TokenizerConfig(
+            height=16, width=16, patch=8, num_latents=4, latent_dim=3, encoder=tc, decoder=tc
+        )
+    )
+    x = jax.random.uniform(jax.random.key(0), (2, 5, 16, 16, 3))
+    params = jax.jit(lambda k: nn.unbox(tok.init(k, x[:, :1])))(jax.random.key(1))['params']
+    encode = jax.jit(lambda p, x: tok.apply({'params': p}, x, method=Tokenizer.encode))
+    full = encode(params, x)
+    step = jax.jit(lambda p, x, c: closed_loop.encode_step(tok, p, x, c))
+    cache = closed_loop.encoder_cache(tok, 2, context=3)  # window of 3 frames
+    got = []
+    for t in range(5):
+        z, cache = step(params, x[:, t : t + 1], cache)
+        got.append(z)
+    got = jnp.concatenate(got, 1)
+    np.testing.assert_allclose(got[:, :3], full[:, :3], atol=1e-5)
+    # Beyond the window the cache forgets: frame 4 equals encoding frames 2..4 alone.
+    tail = encode(params, x[:, 2:5])
+    np.testing.assert_allclose(got[:, 4], tail[:, 2], atol=1e-5)
+
+
+def test_agent_policy_step_by_step_equals_full_sequence_with_actions_shifted():
+    """Closed loop commits frame t with the action taken after frame t-1 (DESIGN 3)."""
+    from dreamer4_jax import dynamics as dyn
+    from dreamer4_jax.agent import AgentConfig, AgentHeads, init_agent_params
+    from dreamer4_jax.generation import SamplingConfig
+    from dreamer4_jax.imagination import WorldModel
+
+    acts = (('discrete', 'categorical', 17),)
+    tc = TransformerConfig(width=16, depth=2, num_heads=2, time_every=2, time_window=8)
+    tok = Tokenizer(
+        TokenizerConfig(
+            height=16, width=16, patch=8, num_latents=4, latent_dim=3, encoder=tc, decoder=tc
+        )
+    )
+    dcfg = dyn.DynamicsConfig(
+        num_latents=4,
+        latent_dim=3,
+        actions=acts,
+        num_registers=1,
+        num_agent_tokens=1,
+        k_max=8,
+        transformer=tc,
+    )
+    heads = AgentHeads(
+        AgentConfig(num_tasks=3, width=16, mtp_length=1, hidden=8, reward_bins=5, value_bins=5),
+        acts,
+    )
+    # Signal 1.0: committed frames are not re-noised, so both paths see identical inputs.
+    wm = WorldModel(dyn.Dynamics(dcfg), heads, SamplingConfig(context_signal=1.0))
+    policy = closed_loop.AgentPolicy(wm, tok, context=8)
+    ks = jax.random.split(jax.random.key(0), 3)
+    frames = jax.random.randint(ks[0], (2, 4, 16, 16, 3), 0, 256).astype(jnp.uint8)
+    params = jax.jit(
+        lambda k: nn.unbox(
+            {
+                'tokenizer': tok.init(k[0], jnp.zeros((1, 1, 16, 16, 3)))['params'],
+                'dynamics': dyn.init_params(wm.dynamics, k[1]),
+                'agent': init_agent_params(heads, k[2]),
+            }
+        )
+    )(ks)
+    task = jnp.asarray([0, 2])
+    taken = jnp.asarray([[3, 16, 0, 5], [7, 7, 1, 2]], jnp.int32)  # actions after frames 0..3
+    step = jax.jit(lambda s, f: policy.policy_params(params, s, f, task, jax.random.key(0)))
+    state = policy.init(2)
+    stepped = []
+    for t in range(4):
+        pi, (tok_cache, dyn_cache) = step(state, frames[:, t])
+        stepped.append(pi['discrete'][:, 0])
+        state = (tok_cache, dyn_cache, {'discrete': taken[:, t : t + 1]}, jnp.ones((2, 1), bool))
+    stepped = jnp.stack(stepped, 1)
+
+    @jax.jit
+    def full(taken):
+        z = tok.apply(
+            {'params': params['tokenizer']},
+            frames.astype(jnp.float32) / 255.0,
+            method=Tokenizer.encode,
+        )
+        blocks, has = dyn.align_actions({'discrete': taken}, jnp.ones((2, 4), bool))
+        agent_in = wm.agent_inputs(params, jnp.broadcast_to(task[:, None], (2, 4)))
+        _, h = wm.dynamics.apply(
+            {'params': params['dynamics']},
+            z,
+            jnp.ones((2, 4)),
+            jnp.full((2, 4), 1 / 8),
+            blocks,
+            has,
+            agent_in_BTAD=agent_in,
+        )
+        return wm.policy(params, h)['discrete']
+
+    np.testing.assert_allclose(stepped, full(taken), atol=1e-6)
+    # Off by one would be visible: the action after frame 3 must not matter, the one after
+    # frame 0 must (it is in block 1).
+    np.testing.assert_allclose(full(taken.at[:, 3].set(9)), stepped, atol=1e-6)
+    assert float(jnp.max(jnp.abs(full(taken.at[:, 0].set(9)) - stepped))) > 1e-3
+
+
+def test_random_policy_in_real_craftax_writes_tables(tmp_path):
+    """Real env episodes: both modes, table files, rates consistent with episode counts."""
+    from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES
+    from dreamer4_jax.train.model_configs import closed_loop_config_dict
+
+    cfg = closed_loop_config_dict(episodes=3, num_envs=2, max_steps=6, single_tasks='wake_up')
+    res = closed_loop.evaluate_agents({'random': 'random'}, str(tmp_path), cfg)
+    rates = res['ladder']['rates']['random']
+    assert set(rates) == set(ACHIEVEMENT_NAMES) and rates['collect_wood']['episodes'] == 3
+    assert 0 < res['ladder']['episode_stats']['random']['mean_length'] <= 5
+    assert list(res['single']['rates']['random']) == ['wake_up']
+    assert sorted(os.listdir(tmp_path)) == ['success.json', 'success.md']

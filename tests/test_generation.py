@@ -1,0 +1,146 @@
+"""Frame-by-frame generation (PAPER 7): KV cache vs recomputation, cache bounds, commit pass."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamer4_jax import generation, shortcut
+from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, init_params
+from dreamer4_jax.generation import SamplingConfig
+from dreamer4_jax.nn import TransformerConfig
+
+B, CTX = 2, 2
+
+
+def make(window=3, dense=False):
+    tc = TransformerConfig(
+        width=32,
+        depth=2,
+        num_heads=2,
+        num_kv_heads=1,
+        time_every=2,
+        time_window=window,
+        dense=dense,
+    )
+    cfg = DynamicsConfig(
+        num_latents=4,
+        latent_dim=4,
+        pack=2,
+        actions=(('a', 'categorical', 5),),
+        num_registers=1,
+        k_max=8,
+        transformer=tc,
+    )
+    model = Dynamics(cfg)
+    return model, nn.unbox(init_params(model, jax.random.key(0)))
+
+
+def data(horizon, seed=0):
+    r = np.random.default_rng(seed)
+    z = jnp.asarray(r.uniform(-1, 1, (B, CTX, 4, 4)), jnp.float32)
+    acts = {'a': jnp.asarray(r.integers(0, 5, (B, CTX + horizon)), jnp.int32)}
+    has = jnp.asarray(r.random((B, CTX + horizon)) < 0.8)
+    return z, acts, has
+
+
+@pytest.mark.parametrize('dense', [False, True])
+def test_cached_generation_equals_recomputation(dense):
+    """Same noise: the KV-cache path equals recomputing every frame, across window eviction."""
+    horizon = 5  # window C = 3 < CTX + horizon, so frames leave the window and the cache
+    model, params = make(window=3, dense=dense)
+    z, acts, has = data(horizon)
+
+    def run(cached):
+        return jax.jit(
+            lambda p, z, r: generation.rollout(model, p, z, acts, has, r, horizon, cached=cached)
+        )(params, z, jax.random.key(1))
+
+    fast, slow = run(True), run(False)
+    assert fast.shape == (B, horizon, 4, 4)
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+    assert float(jnp.std(fast)) > 0.1  # not a degenerate constant output
+
+
+def test_cache_stays_bounded_over_a_long_rollout():
+    horizon = 12
+    model, params = make(window=3)
+    z, acts, has = data(horizon, 1)
+    f = jax.jit(lambda p, z, r: generation.rollout_with_cache(model, p, z, acts, has, r, horizon))
+    out, cache = f(params, z, jax.random.key(2))
+    assert out.shape == (B, horizon, 4, 4) and bool(jnp.all(jnp.isfinite(out)))
+    assert cache.capacity == 2  # C - 1 frames, whatever the rollout length
+    assert all(k.shape == (B, 2, model.config.layout().num_tokens, 1, 16) for k in cache.k)
+    assert int(cache.next_frame) == CTX + horizon
+    assert sorted(np.asarray(cache.pos_F).tolist()) == [CTX + horizon - 2, CTX + horizon - 1]
+
+
+def test_denoising_passes_do_not_write_and_commit_is_at_context_level():
+    """generate_frame's cache == one commit pass of the frame re-noised to signal 0.9."""
+    model, params = make(window=4)
+    z, acts, has = data(1, 2)
+    sampling = SamplingConfig(num_steps=4, context_signal=0.9)
+    prefill = jax.jit(lambda *a: generation.prefill(model, *a, sampling=sampling))
+    cache = prefill(params, z, {'a': acts['a'][:, :CTX]}, has[:, :CTX], jax.random.key(3))
+    act = {'a': acts['a'][:, CTX:]}
+    rng = jax.random.key(4)
+    gen = jax.jit(lambda *a: generation.generate_frame(model, *a, sampling=sampling))
+    z_new, cache1 = gen(params, cache, act, has[:, CTX:], rng)
+    _, rng_ctx = jax.random.split(rng)
+    z_ctx, tau_ctx = shortcut.corrupt_context(rng_ctx, z_new, 0.9, k_max=8)
+    assert tau_ctx == 7 / 8  # 0.9 snapped to the k_max = 8 grid of the tau table
+    level = jnp.full((B, 1), tau_ctx)
+    commit = jax.jit(
+        lambda z: model.apply(
+            {'params': params},
+            z,
+            level,
+            jnp.full((B, 1), 1 / 8),
+            act,
+            has[:, CTX:],
+            cache,
+            True,
+            method=Dynamics.step,
+        )
+    )
+    _, cache2 = commit(z_ctx)
+    assert int(cache1.next_frame) == CTX + 1
+    for a, b in zip(cache1.k + cache1.v, cache2.k + cache2.v, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_array_equal(cache1.pos_F, cache2.pos_F)
+    # The committed keys differ from those of the clean frame: the context really is noisy.
+    _, cache3 = commit(z_new)
+    assert float(jnp.max(jnp.abs(cache3.k[0] - cache1.k[0]))) > 1e-3
+
+
+def test_generation_input_errors():
+    model, params = make()
+    z, acts, has = data(3)
+    with pytest.raises(ValueError, match='power of two'):
+        generation.rollout(
+            model, params, z, acts, has, jax.random.key(0), 3, SamplingConfig(num_steps=3)
+        )
+    with pytest.raises(ValueError, match='context \\+ horizon'):
+        generation.rollout(model, params, z, acts, has[:, :-1], jax.random.key(0), 3)
+
+
+def test_counterfactual_actions_change_only_the_future():
+    from dreamer4_jax.eval.open_loop import counterfactual_actions, side_by_side
+
+    comps = (('c', 'categorical', 1000), ('k', 'binary', 64), ('x', 'continuous', 2))
+    acts = {
+        'c': jnp.zeros((2, 6), jnp.int32),
+        'k': jnp.zeros((2, 6, 64), jnp.int32),
+        'x': jnp.ones((2, 6, 2)),
+    }
+    has = jnp.zeros((2, 6), bool)
+    new, new_has = counterfactual_actions(jax.random.key(0), acts, has, comps, start=4)
+    for name in acts:
+        np.testing.assert_array_equal(new[name][:, :4], acts[name][:, :4])
+        assert not np.array_equal(np.asarray(new[name][:, 4:]), np.asarray(acts[name][:, 4:]))
+    np.testing.assert_array_equal(new['x'][:, 4:], -1.0)
+    np.testing.assert_array_equal(new_has, np.arange(6)[None].repeat(2, 0) >= 4)
+    frames = side_by_side(np.zeros((3, 6, 16, 16, 3)), np.ones((3, 6, 16, 16, 3)), 4, 2)
+    assert frames.shape == (6, 2 * 18 + 2, 2 * 18 + 2, 3) and frames.dtype == np.uint8
+    assert tuple(frames[0, 2, 20]) == (0, 200, 0) and tuple(frames[5, 2, 20]) == (220, 0, 0)
