@@ -2,11 +2,12 @@
 
 Public surface: `TransformerConfig`, `Transformer`, token layouts (`TokenLayout`,
 `encoder_layout`, `decoder_layout`, `dynamics_layout`), the KV cache (`KVCache`, `init_cache`),
-the attention interface `attend`, the logical-axis helper `constrain`, and FLOP counting.
+the attention interface `attend`, the logical-axis helpers `constrain` / `fitted_spec`, and
+FLOP counting (`forward_flops`, `train_step_flops`, `param_count`).
 """
 
 from dreamer4_jax.nn.attention import attend, softcap_logits
-from dreamer4_jax.nn.block import Attention, Block, SwiGLU
+from dreamer4_jax.nn.block import Attention, Block
 from dreamer4_jax.nn.config import TransformerConfig
 from dreamer4_jax.nn.flops import forward_flops, param_count, train_step_flops
 from dreamer4_jax.nn.kv_cache import KVCache, cache_capacity, init_cache
@@ -18,6 +19,7 @@ from dreamer4_jax.nn.layout import (
     encoder_layout,
     frame_mask,
 )
+from dreamer4_jax.nn.mlp import SwiGLU, swiglu
 from dreamer4_jax.nn.norms import RMSNorm, rms_norm
 from dreamer4_jax.nn.partitioning import constrain, fitted_spec, param_init
 from dreamer4_jax.nn.rope import apply_rope, rope_angles
@@ -49,5 +51,6 @@ __all__ = [
     'rms_norm',
     'rope_angles',
     'softcap_logits',
+    'swiglu',
     'train_step_flops',
 ]

@@ -295,9 +295,13 @@ def make_phase(
 
     def train_step(state, batch, rng, consts):
         acts, has = align_actions(batch['action'], batch['has_action'], batch.get('is_first'))
-        frames = (
-            {'latents': batch['latents']} if dc.latents == 'batch' else {'image': batch['image']}
-        )
+        key = 'latents' if str(dc.latents) == 'batch' else 'image'
+        if key not in batch:
+            raise ValueError(
+                f'config.dynamics.latents={dc.latents!r} needs batches with {key!r}; got keys '
+                f"{sorted(batch)}. Use latents='on_the_fly' with image data."
+            )
+        frames = {key: batch[key]}
 
         def run(length):
             # Rows of this length first, then the tokenizer: a cropped step encodes less.
