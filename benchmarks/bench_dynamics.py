@@ -44,10 +44,7 @@ GEN_SIZE = dict(width=192, depth=4, num_heads=3, num_kv_heads=1)
 def _config(size: dict, batch: int, frames: int, latents: str) -> ml_collections.ConfigDict:
     c = base_config()
     c.phase = 'dynamics'
-    tok = dict(width=64, depth=2, num_heads=2, time_every=2)
-    c.tokenizer = mc.tokenizer_config_dict(
-        encoder=mc.transformer_config_dict(**tok), decoder=mc.transformer_config_dict(**tok)
-    )
+    c.tokenizer = mc.tokenizer_config_dict()  # the default 64x64 tokenizer (on-the-fly cost)
     c.data = ml_collections.ConfigDict({'window_length': frames})
     c.dynamics = mc.dynamics_config_dict(
         transformer=mc.transformer_config_dict(time_every=4, time_window=frames, **size),
@@ -152,14 +149,22 @@ def _gen_model(window: int) -> tuple[Dynamics, dict]:
     return model, params
 
 
-def cached_frame_seconds(model: Dynamics, params, context: int, steps: int = 4) -> float:
+@functools.cache
+def _jitted_sampler(model: Dynamics, steps: int):
+    """(prefill, generate_frame) compiled once per model (the rounds reuse them)."""
     sampling = SamplingConfig(num_steps=steps)
+    return (
+        jax.jit(functools.partial(prefill, model, sampling=sampling)),
+        jax.jit(functools.partial(generate_frame, model, sampling=sampling)),
+    )
+
+
+def cached_frame_seconds(model: Dynamics, params, context: int, steps: int = 4) -> float:
+    """One frame (K passes + commit) after `context` cached frames, batch 1."""
+    fill, gen = _jitted_sampler(model, steps)
     z = jax.random.uniform(jax.random.key(1), (1, context, 16, 16), minval=-1, maxval=1)
     acts = {'discrete': jnp.zeros((1, context), jnp.int32)}
-    cache = jax.jit(functools.partial(prefill, model, sampling=sampling))(
-        params, z, acts, jnp.ones((1, context), bool), jax.random.key(2)
-    )
-    gen = jax.jit(functools.partial(generate_frame, model, sampling=sampling))
+    cache = fill(params, z, acts, jnp.ones((1, context), bool), jax.random.key(2))
     act = {'discrete': jnp.zeros((1, 1), jnp.int32)}
     has = jnp.ones((1, 1), bool)
     return time_fn(
@@ -206,21 +211,29 @@ def run(quick: bool = False) -> dict:
         figs = train_figures(name, batch, frames, on_the_fly=not quick, rounds=1 if quick else 3)
         out.update({f'train_{name}_{k}': v for k, v in figs.items()})
 
+    # Generation: both windows interleaved over several rounds, best time per figure (the
+    # machine is shared; a round that overlaps someone else's job only loses).
     windows = (32,) if quick else (32, 64)
+    models = {w: _gen_model(w) for w in windows}
+    out['gen_params'] = param_count(models[windows[0]][0].config.transformer)
+    best: dict[str, float] = {}
+    for _ in range(1 if quick else 3):
+        out['gen_adjacent_f32_peak'] = matmul_peak(jnp.float32)
+        for window, (model, params) in models.items():
+            for context in sorted({8, window - 1}):
+                key = f'gen_C{window}_ctx{context}_cached_ms_per_frame'
+                ms = 1e3 * cached_frame_seconds(model, params, context)
+                best[key] = min(best.get(key, ms), ms)
+    out.update(best)
     for window in windows:
-        model, params = _gen_model(window)
-        out['gen_params'] = param_count(model.config.transformer)
-        # The contention level while generation is timed (a quiet 2-core machine: ~480e9).
-        out[f'gen_C{window}_adjacent_f32_peak'] = matmul_peak(jnp.float32)
-        for context in sorted({8, window - 1}):
-            ms = 1e3 * cached_frame_seconds(model, params, context)
-            out[f'gen_C{window}_ctx{context}_cached_ms_per_frame'] = ms
         out[f'gen_C{window}_frames_per_sec'] = (
-            1e3 / out[f'gen_C{window}_ctx{window - 1}_cached_ms_per_frame']
+            1e3 / best[f'gen_C{window}_ctx{window - 1}_cached_ms_per_frame']
         )
-        for context in sorted({8, window}):
-            ms = 1e3 * uncached_frame_seconds(model, params, context)
-            out[f'gen_uncached_ctx{context}_ms_per_frame'] = ms
+    model, params = models[windows[-1]]
+    for context in (8, 32) if quick else (8, 32, 64):
+        out[f'gen_uncached_ctx{context}_ms_per_frame'] = 1e3 * uncached_frame_seconds(
+            model, params, context
+        )
     return out
 
 
