@@ -10,18 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from dreamer4_jax.configs import DEFAULT_SHARDING_RULES
 from dreamer4_jax.nn import Transformer, TransformerConfig, constrain, encoder_layout, fitted_spec
 
-RULES = (
-    ('batch', ('data', 'fsdp')),
-    ('embed', 'fsdp'),
-    ('mlp', 'model'),
-    ('heads', 'model'),
-    ('kv_heads', 'model'),
-    ('act_mlp', 'model'),
-    ('act_heads', 'model'),
-    ('act_kv_heads', 'model'),
-)
+RULES = DEFAULT_SHARDING_RULES  # the rules every experiment uses
 CFG = TransformerConfig(
     width=32,
     depth=2,
