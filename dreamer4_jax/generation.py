@@ -239,13 +239,11 @@ def rollout(
     that leads to generated frame h). `max_frames`: cache size when the model has no time window.
     Jit it with model, horizon, sampling, cached and max_frames static.
     """
-    _check(model, sampling, z_ctx_BTNC, actions, has_BL, horizon)
     if cached:
-        if model.config.transformer.time_window is None and max_frames is None:
-            max_frames = z_ctx_BTNC.shape[1] + horizon
-        return _rollout_cached(
+        return rollout_with_cache(
             model, params, z_ctx_BTNC, actions, has_BL, rng, horizon, sampling, max_frames
         )[0]
+    _check(model, sampling, z_ctx_BTNC, actions, has_BL, horizon)
     return _rollout_uncached(model, params, z_ctx_BTNC, actions, has_BL, rng, horizon, sampling)
 
 

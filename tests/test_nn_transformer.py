@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nn_params import random_params
 
 from dreamer4_jax.nn import (
     Transformer,
@@ -23,19 +24,6 @@ from dreamer4_jax.nn import (
 
 CFG = TransformerConfig(width=32, depth=4, num_heads=4, num_kv_heads=2, time_every=2, softcap=20.0)
 B, T = 2, 5
-
-
-def random_params(model, x, seed=1):
-    """Random parameters of the right shapes without compiling `init` (slow on CPU)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-
-    def fill(s):
-        if len(s.shape) == 1:
-            return jnp.asarray(1 + 0.1 * rng.normal(size=s.shape), s.dtype)
-        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(s.shape[0]), s.dtype)
-
-    return jax.tree.map(fill, shapes)
 
 
 @functools.cache

@@ -201,7 +201,10 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
             for step in range(start, total):
                 if step == sigterm_at:
                     os.kill(os.getpid(), signal.SIGTERM)
-                if _agree(sigterm.raised):
+                # Multi-process runs agree on a preemption at log intervals only: the
+                # allgather is a host-side sync across processes (single-process: every step).
+                poll = jax.process_count() == 1 or step % log_every == 0
+                if poll and _agree(sigterm.raised):
                     drain()
                     save(step)
                     preempted = True
