@@ -16,7 +16,7 @@ from dreamer4_jax import losses
 from dreamer4_jax.nn import train_step_flops
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import state as state_lib
-from dreamer4_jax.train.model_configs import (
+from dreamer4_jax.model_configs import (
     tokenizer_config_dict,
     tokenizer_config_from,
     transformer_config_dict,

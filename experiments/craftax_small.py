@@ -16,7 +16,7 @@ width 384 with GQA 8:2 and 16 registers, context C = 32 frames with T1 = 16 / T2
 
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
-from dreamer4_jax.train import model_configs as mc
+from dreamer4_jax import model_configs as mc
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
 

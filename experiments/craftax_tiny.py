@@ -15,7 +15,7 @@ cores, not quality; experiments/craftax_small.py is the one-GPU config.
 
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
-from dreamer4_jax.train import model_configs as mc
+from dreamer4_jax import model_configs as mc
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
 

@@ -9,7 +9,7 @@ with batch 1 per device (PAPER 8).
 """
 
 from dreamer4_jax.configs import base_config
-from dreamer4_jax.train.model_configs import tokenizer_config_dict, transformer_config_dict
+from dreamer4_jax.model_configs import tokenizer_config_dict, transformer_config_dict
 
 VARIANTS = ('tokenizer',)
 

@@ -12,7 +12,7 @@ from dreamer4_jax.configs import base_config
 from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
 from dreamer4_jax.train import agent_phase, imagination_phase
-from dreamer4_jax.train.model_configs import (
+from dreamer4_jax.model_configs import (
     agent_config_dict,
     dynamics_config_dict,
     dynamics_config_from,

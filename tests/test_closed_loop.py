@@ -219,7 +219,7 @@ def test_agent_policy_step_by_step_equals_full_sequence_with_actions_shifted():
 def test_random_policy_in_real_craftax_writes_tables(tmp_path):
     """Real env episodes: both modes, table files, rates consistent with episode counts."""
     from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES
-    from dreamer4_jax.train.model_configs import closed_loop_config_dict
+    from dreamer4_jax.model_configs import closed_loop_config_dict
 
     cfg = closed_loop_config_dict(episodes=3, num_envs=2, max_steps=6, single_tasks='wake_up')
     res = closed_loop.evaluate_agents({'random': 'random'}, str(tmp_path), cfg)

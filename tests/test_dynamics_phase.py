@@ -21,7 +21,7 @@ from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources, loop
 from dreamer4_jax.train import dynamics_phase as dp
-from dreamer4_jax.train import model_configs as mc
+from dreamer4_jax import model_configs as mc
 
 
 def tiny_config(**dyn):

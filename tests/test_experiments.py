@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dreamer4_jax.tokenizer import Tokenizer
-from dreamer4_jax.train.model_configs import tokenizer_config_from
+from dreamer4_jax.model_configs import tokenizer_config_from
 from experiments import minecraft_paper
 
 

@@ -289,7 +289,7 @@ def evaluate_agents(
     """
     from dreamer4_jax.actions import craftax_action_space
     from dreamer4_jax.envs import craftax
-    from dreamer4_jax.train.model_configs import closed_loop_config_dict
+    from dreamer4_jax.model_configs import closed_loop_config_dict
 
     cfg = cfg or closed_loop_config_dict()
     names = craftax.ACHIEVEMENT_NAMES

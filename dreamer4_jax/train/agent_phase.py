@@ -45,7 +45,7 @@ from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.train.dynamics_phase import split_teacher_rows
 from dreamer4_jax.train.loop import Phase
-from dreamer4_jax.train.model_configs import (
+from dreamer4_jax.model_configs import (
     agent_config_from,
     dynamics_config_from,
     shortcut_config_from,

@@ -43,7 +43,7 @@ from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.train.loop import Phase
-from dreamer4_jax.train.model_configs import (
+from dreamer4_jax.model_configs import (
     dynamics_config_from,
     shortcut_config_from,
     tokenizer_config_from,

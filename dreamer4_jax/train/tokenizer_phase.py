@@ -21,7 +21,7 @@ from dreamer4_jax.tokenizer import Tokenizer, sample_patch_mask
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.train.loop import Phase
-from dreamer4_jax.train.model_configs import tokenizer_config_from
+from dreamer4_jax.model_configs import tokenizer_config_from
 
 
 def frames_to_float(image_BTHWC: jax.Array) -> jax.Array:
