@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks.run import matmul_peak, time_fn
+from dreamer4_jax import model_configs as mc
 from dreamer4_jax import shortcut
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, init_params
@@ -29,7 +30,6 @@ from dreamer4_jax.generation import SamplingConfig, generate_frame, prefill
 from dreamer4_jax.nn import TransformerConfig, forward_flops, param_count
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import dynamics_phase
-from dreamer4_jax import model_configs as mc
 
 TRAIN_SIZES = {
     'tiny': dict(width=128, depth=4, num_heads=4, num_kv_heads=1),

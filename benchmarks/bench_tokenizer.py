@@ -13,14 +13,14 @@ import ml_collections
 
 from benchmarks.run import time_fn
 from dreamer4_jax import losses
-from dreamer4_jax.nn import train_step_flops
-from dreamer4_jax.tokenizer import Tokenizer
-from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.model_configs import (
     tokenizer_config_dict,
     tokenizer_config_from,
     transformer_config_dict,
 )
+from dreamer4_jax.nn import train_step_flops
+from dreamer4_jax.tokenizer import Tokenizer
+from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.train.tokenizer_phase import make_loss_fn
 
 SIZES = {

@@ -119,29 +119,74 @@ class Checkpointer:
         self._manager.close()
 
 
-def load_trained(workdir: str, step: int | None = None) -> tuple[Any, ml_collections.ConfigDict]:
-    """Params and config of a finished (or running) phase, from its own saved config.
+def _reader(workdir: str) -> ocp.CheckpointManager:
+    """A read-only manager of an existing run; never creates folders (a typo stays a typo)."""
+    directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    if not os.path.isdir(directory):
+        what = 'does not exist' if not os.path.exists(workdir) else 'has no checkpoints/ folder'
+        raise CheckpointError(
+            f'{workdir} {what}: no finished run there. Train that phase first, or point the '
+            'config at the workdir of the run you mean.'
+        )
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
 
-    Later phases use this to load a frozen earlier model (the dynamics phase loads the
-    tokenizer): the phase is rebuilt from the config stored in the checkpoint, so the caller
-    needs only the folder. Restored on the host's default device, unsharded.
-    """
-    from dreamer4_jax import parallel  # local: keeps this module free of model imports
-    from dreamer4_jax.train import phases
 
-    ckpt = Checkpointer(workdir)
+def saved_config(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
+    """(config saved with the checkpoint, its step): the newest step unless `step` is given."""
+    manager = _reader(workdir)
     try:
-        step = ckpt.latest_step() if step is None else step
+        step = manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(
-                f'No checkpoint in {ckpt.directory}. Train that phase first (its workdir must be '
-                'the folder given here).'
+                f'No checkpoint in {manager.directory}. Train that phase first (its workdir '
+                'must be the folder given here).'
             )
-        meta = ckpt._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        config = ml_collections.ConfigDict(meta['meta']['config'])
-        phase = phases.make_phase(config)
-        abstract = jax.eval_shape(lambda: parallel.unboxed(phase.init(jax.random.key(0))))
-        state, _ = ckpt.restore(step, abstract, None, config)
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - any failure here means an unreadable checkpoint
+            raise CheckpointError(
+                f'Checkpoint {manager.directory}/{step} is unreadable ({type(e).__name__}: {e}).'
+            ) from e
     finally:
-        ckpt.close()
-    return state.params, config
+        manager.close()
+    return ml_collections.ConfigDict(meta['meta']['config']), int(step)
+
+
+def restore_subtree(workdir: str, step: int, path: tuple[str, ...], target: Any) -> Any:
+    """One subtree of a saved train state (e.g. ('params',) or ('aux', 'ema')), nothing else.
+
+    `target` is the subtree's abstract value (jax.ShapeDtypeStruct leaves carrying the shardings
+    to restore onto), or None to restore it as saved onto the default device. The optimizer
+    state and everything else of the checkpoint is never read.
+    """
+    manager = _reader(workdir)
+    try:
+        if target is None:
+            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+            tree = state['state']
+        else:
+            item = target
+            for key in reversed(path):
+                item = {key: item}
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=item,
+                        # jax.Arrays on the target's shardings (numpy without restore_args).
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                        partial_restore=True,
+                    )
+                ),
+            )
+            tree = restored['state']
+        for key in path:
+            tree = tree[key]
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(
+            f'Checkpoint {manager.directory}/{step} has no {"/".join(path)} matching the model '
+            f'rebuilt from its saved config ({type(e).__name__}: {e}).'
+        ) from e
+    finally:
+        manager.close()
+    return tree

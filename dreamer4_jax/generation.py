@@ -80,22 +80,101 @@ def _check(model: Dynamics, sampling: SamplingConfig, z_ctx, actions, has, horiz
             )
 
 
-def _context(model: Dynamics, z_ctx_BTNC, rng, sampling):
-    """Corrupt the real context to the context signal level (noise from `rng`)."""
-    z, tau_ctx = shortcut.corrupt_context(
-        rng, z_ctx_BTNC, sampling.context_signal, k_max=model.config.k_max
-    )
-    return z, tau_ctx
+def context_levels(model: Dynamics, z_BTNC: jax.Array, rng: jax.Array, sampling: SamplingConfig):
+    """Frames re-noised to the context signal level (PAPER 2, 7), with their (tau, d) [B, T].
 
-
-def _levels(b: int, t: int, tau: float, d: float):
-    return jnp.full((b, t), tau, jnp.float32), jnp.full((b, t), d, jnp.float32)
+    tau is snapped to the k_max grid (the level the tau embedding row says) and d = d_min =
+    1/k_max, the finest step: every context frame, real or generated, enters the model this way.
+    """
+    k_max = model.config.k_max
+    z_ctx, tau_ctx = shortcut.corrupt_context(rng, z_BTNC, sampling.context_signal, k_max=k_max)
+    b, t = z_BTNC.shape[:2]
+    tau = jnp.full((b, t), tau_ctx, jnp.float32)
+    d = jnp.full((b, t), 1.0 / k_max, jnp.float32)
+    return z_ctx, tau, d
 
 
 def new_cache(model: Dynamics, batch: int, max_frames: int | None = None) -> KVCache:
     """Empty KV cache (C - 1 frames for a window of C; `max_frames` without a window)."""
     c = model.config
-    return init_cache(c.transformer, c.layout().num_tokens, batch, max_frames)
+    window = c.transformer.time_window
+    return init_cache(
+        c.transformer, c.layout().num_tokens, batch, None if window is not None else max_frames
+    )
+
+
+def commit(
+    model: Dynamics,
+    params: Any,
+    z_BTNC: jax.Array,
+    actions: Mapping[str, Any],
+    has_BT: jax.Array,
+    cache: KVCache,
+    rng: jax.Array,
+    sampling: SamplingConfig = SamplingConfig(),
+    agent_in_BTAD: jax.Array | None = None,
+) -> tuple[tuple[jax.Array, jax.Array | None], KVCache]:
+    """Append frames (real or generated) to the cache at the context signal level.
+
+    The one commit primitive (PAPER 7): prefill, generation, imagination and closed-loop play all
+    commit frames through it. `actions` are block-aligned (entry t led to frame t). Returns
+    ((out_BTNC, agent_out_BTAD or None), cache): the agent tokens' output h_t is read here.
+    """
+    z_ctx, tau, d = context_levels(model, z_BTNC, rng, sampling)
+    return model.apply(
+        {'params': params},
+        z_ctx,
+        tau,
+        d,
+        actions,
+        has_BT,
+        cache,
+        True,
+        agent_in_BTAD,
+        method=Dynamics.step,
+    )
+
+
+def denoise_next(
+    model: Dynamics,
+    params: Any,
+    cache: KVCache,
+    actions: Mapping[str, Any],
+    has_B1: jax.Array,
+    rng: jax.Array,
+    sampling: SamplingConfig = SamplingConfig(),
+    agent_in_B1AD: jax.Array | None = None,
+) -> jax.Array:
+    """The next frame's latents [B, 1, N, C]: K shortcut steps that read the cache, never write it.
+
+    `actions` / `has_B1` are the block-aligned action of this frame ([B, 1, ...]).
+    """
+    c = model.config
+    b = has_B1.shape[0]
+
+    def predict(z, tau, d):
+        (out, _), _ = model.apply(
+            {'params': params},
+            z,
+            tau,
+            d,
+            actions,
+            has_B1,
+            cache,
+            False,
+            agent_in_B1AD,
+            method=Dynamics.step,
+        )
+        return out
+
+    return shortcut.sample_frame(
+        predict,
+        rng,
+        (b, 1, c.num_latents, c.latent_dim),
+        sampling.num_steps,
+        prediction=sampling.prediction,
+        network_d=sampling.network_d,
+    )
 
 
 def prefill(
@@ -109,13 +188,8 @@ def prefill(
     max_frames: int | None = None,
 ) -> KVCache:
     """Cache of the real context frames, corrupted to the context signal level (one pass)."""
-    b, t = z_ctx_BTNC.shape[:2]
-    z, tau_ctx = _context(model, z_ctx_BTNC, rng, sampling)
-    tau, d = _levels(b, t, tau_ctx, 1.0 / model.config.k_max)
-    cache = new_cache(model, b, max_frames)
-    _, cache = model.apply(
-        {'params': params}, z, tau, d, actions, has_BT, cache, True, method=Dynamics.step
-    )
+    cache = new_cache(model, z_ctx_BTNC.shape[0], max_frames)
+    _, cache = commit(model, params, z_ctx_BTNC, actions, has_BT, cache, rng, sampling)
     return cache
 
 
@@ -132,30 +206,10 @@ def generate_frame(
 
     `actions` / `has_B1` are the block-aligned action of this frame ([B, 1, ...]).
     """
-    c = model.config
-    b = has_B1.shape[0]
     rng_noise, rng_ctx = jax.random.split(rng)
-
-    def predict(z, tau, d):  # denoising pass: reads the cache, never writes it
-        (out, _), _ = model.apply(
-            {'params': params}, z, tau, d, actions, has_B1, cache, False, method=Dynamics.step
-        )
-        return out
-
-    z_new = shortcut.sample_frame(
-        predict,
-        rng_noise,
-        (b, 1, c.num_latents, c.latent_dim),
-        sampling.num_steps,
-        prediction=sampling.prediction,
-        network_d=sampling.network_d,
-    )
+    z_new = denoise_next(model, params, cache, actions, has_B1, rng_noise, sampling)
     # Commit pass (PAPER 7 [U]): the generated frame at the context signal level enters the cache.
-    z_ctx, tau_ctx = _context(model, z_new, rng_ctx, sampling)
-    tau, d = _levels(b, 1, tau_ctx, 1.0 / c.k_max)
-    _, cache = model.apply(
-        {'params': params}, z_ctx, tau, d, actions, has_B1, cache, True, method=Dynamics.step
-    )
+    _, cache = commit(model, params, z_new, actions, has_B1, cache, rng_ctx, sampling)
     return z_new, cache
 
 
@@ -185,14 +239,13 @@ def _rollout_cached(model, params, z_ctx, actions, has, rng, horizon, sampling, 
 
 def _rollout_uncached(model, params, z_ctx, actions, has, rng, horizon, sampling):
     """Reference: every pass recomputes all frames of a fixed [B, T + H] buffer, no cache."""
-    c = model.config
     b, t, n, ch = z_ctx.shape
     length = t + horizon
     rng_ctx, rng_gen = jax.random.split(rng)
-    z0, tau_ctx = _context(model, z_ctx, rng_ctx, sampling)
+    z0, tau_t, d_t = context_levels(model, z_ctx, rng_ctx, sampling)
     buf = jnp.zeros((b, length, n, ch), jnp.float32).at[:, :t].set(z0)
-    tau_buf = jnp.full((b, length), tau_ctx, jnp.float32)
-    d_buf = jnp.full((b, length), 1.0 / c.k_max, jnp.float32)
+    tau_buf = jnp.full((b, length), tau_t[0, 0], jnp.float32)
+    d_buf = jnp.full((b, length), d_t[0, 0], jnp.float32)
 
     def body(buf, h):
         pos = t + h
@@ -213,7 +266,7 @@ def _rollout_uncached(model, params, z_ctx, actions, has, rng, horizon, sampling
             prediction=sampling.prediction,
             network_d=sampling.network_d,
         )
-        z_c, _ = _context(model, z_new, rng_c, sampling)
+        z_c = context_levels(model, z_new, rng_c, sampling)[0]
         return jax.lax.dynamic_update_slice_in_dim(buf, z_c, pos, axis=1), z_new[:, 0]
 
     _, z_HBNC = jax.lax.scan(body, buf, jnp.arange(horizon))

@@ -26,59 +26,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dreamer4_jax import shortcut
-from dreamer4_jax.agent import AgentHeads
-from dreamer4_jax.dynamics import Dynamics
-from dreamer4_jax.generation import SamplingConfig, new_cache
+from dreamer4_jax import generation
+from dreamer4_jax.generation import new_cache
 from dreamer4_jax.nn import KVCache
+from dreamer4_jax.world_model import WorldModel
+
+__all__ = ['Trajectory', 'WorldModel', 'dream', 'imagine', 'observe']
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class WorldModel:
-    """The static pieces an agent step needs (hashable: usable as a jit static argument).
-
-    Parameters are always passed separately as {'dynamics': ..., 'agent': ...}.
-    """
-
-    dynamics: Dynamics
-    heads: AgentHeads
-    sampling: SamplingConfig = SamplingConfig()
-
-    def __post_init__(self):
-        dc, ac = self.dynamics.config, self.heads.config
-        if dc.num_agent_tokens != ac.num_agent_tokens or dc.transformer.width != ac.width:
-            raise ValueError(
-                f'dynamics has {dc.num_agent_tokens} agent tokens of width '
-                f'{dc.transformer.width}, the heads expect {ac.num_agent_tokens} of width '
-                f'{ac.width}; build both from the same agent config.'
-            )
-
-    def agent_inputs(self, params: Any, task_BT: Array) -> Array:
-        return self.heads.apply(
-            {'params': params['agent']}, task_BT, method=AgentHeads.agent_inputs
-        )
-
-    def policy(self, params: Any, h_BTAD: Array) -> dict[str, Array]:
-        """Offset-0 policy parameters at h_t (the action to take now), [B, T, ...]."""
-        out = self.heads.apply(
-            {'params': params['agent']}, h_BTAD, 1, method=AgentHeads.policy_params
-        )
-        return {k: v[:, :, 0] for k, v in out.items()}
-
-    def reward(self, params: Any, h_BTAD: Array) -> Array:
-        """Offset-0 reward (the reward that arrived with frame t), [B, T]."""
-        logits = self.heads.apply(
-            {'params': params['agent']}, h_BTAD, 1, method=AgentHeads.reward_logits
-        )
-        return self.heads.config.reward_dist.mean(logits[:, :, 0])
-
-    def value(self, params: Any, h_BTAD: Array) -> Array:
-        logits = self.heads.apply(
-            {'params': params['agent']}, h_BTAD, 1, method=AgentHeads.value_logits
-        )
-        return self.heads.config.value_dist.mean(logits[:, :, 0])
 
 
 def observe(
@@ -96,25 +51,9 @@ def observe(
     The frames are re-noised to the context signal level (PAPER 2, 7) exactly as generation
     commits them; `actions` are block-aligned (entry t led to frame t).
     """
-    c = wm.dynamics.config
-    b, t = z_BTNC.shape[:2]
-    z_ctx, tau_ctx = shortcut.corrupt_context(
-        rng, z_BTNC, wm.sampling.context_signal, k_max=c.k_max
-    )
-    tau = jnp.full((b, t), tau_ctx, jnp.float32)
-    d = jnp.full((b, t), 1.0 / c.k_max, jnp.float32)
     agent_in = wm.agent_inputs(params, task_BT)
-    (_, h_BTAD), cache = wm.dynamics.apply(
-        {'params': params['dynamics']},
-        z_ctx,
-        tau,
-        d,
-        actions,
-        has_BT,
-        cache,
-        True,
-        agent_in,
-        method=Dynamics.step,
+    (_, h_BTAD), cache = generation.commit(
+        wm.dynamics, params['dynamics'], z_BTNC, actions, has_BT, cache, rng, wm.sampling, agent_in
     )
     return h_BTAD, cache
 
@@ -135,29 +74,8 @@ def dream(
     c = wm.dynamics.config
     b = has_B1.shape[0]
     agent_in = jnp.zeros((b, 1, c.num_agent_tokens, c.transformer.width), jnp.float32)
-
-    def predict(z, tau, d):
-        (out, _), _ = wm.dynamics.apply(
-            {'params': params['dynamics']},
-            z,
-            tau,
-            d,
-            actions,
-            has_B1,
-            cache,
-            False,
-            agent_in,
-            method=Dynamics.step,
-        )
-        return out
-
-    return shortcut.sample_frame(
-        predict,
-        rng,
-        (b, 1, c.num_latents, c.latent_dim),
-        wm.sampling.num_steps,
-        prediction=wm.sampling.prediction,
-        network_d=wm.sampling.network_d,
+    return generation.denoise_next(
+        wm.dynamics, params['dynamics'], cache, actions, has_B1, rng, wm.sampling, agent_in
     )
 
 

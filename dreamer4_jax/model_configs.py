@@ -11,8 +11,12 @@ import dataclasses
 
 import ml_collections
 
+from dreamer4_jax import actions as actions_lib
+from dreamer4_jax.agent import AgentConfig
 from dreamer4_jax.config_checks import ConfigError
+from dreamer4_jax.dynamics import DynamicsConfig
 from dreamer4_jax.nn import TransformerConfig
+from dreamer4_jax.shortcut import ShortcutConfig
 from dreamer4_jax.tokenizer import TokenizerConfig
 
 _OPTIONAL_FIELDS = {
@@ -142,7 +146,6 @@ def dynamics_config_dict(**overrides) -> ml_collections.ConfigDict:
 
 def action_components_from(name: str) -> tuple[tuple[str, str, int], ...]:
     """(name, kind, size) components of a named action space (dreamer4_jax.actions)."""
-    from dreamer4_jax import actions as actions_lib
 
     if name == 'none':  # unlabeled video only (e.g. Epic Kitchens, PAPER 13)
         return ()
@@ -159,7 +162,6 @@ def action_components_from(name: str) -> tuple[tuple[str, str, int], ...]:
 
 def dynamics_config_from(cd: ml_collections.ConfigDict, tokenizer: TokenizerConfig):
     """DynamicsConfig from the dynamics sub-config and the (frozen) tokenizer's shapes."""
-    from dreamer4_jax.dynamics import DynamicsConfig
 
     try:
         return DynamicsConfig(
@@ -179,7 +181,6 @@ def dynamics_config_from(cd: ml_collections.ConfigDict, tokenizer: TokenizerConf
 
 def shortcut_config_from(cd: ml_collections.ConfigDict):
     """shortcut.ShortcutConfig (objective switches) from the dynamics sub-config."""
-    from dreamer4_jax.shortcut import ShortcutConfig
 
     try:
         return ShortcutConfig(
@@ -230,7 +231,6 @@ def agent_config_dict(**overrides) -> ml_collections.ConfigDict:
 
 def agent_config_from(cd: ml_collections.ConfigDict, width: int):
     """agent.AgentConfig from the agent sub-config and the dynamics transformer width."""
-    from dreamer4_jax.agent import AgentConfig
 
     try:
         return AgentConfig(

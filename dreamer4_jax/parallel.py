@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dreamer4_jax.nn.partitioning import logical_spec
+
 MESH_AXES = ('data', 'fsdp', 'model')
 BATCH_AXES = ('data', 'fsdp')  # a batch dimension is split over both (FSDP also splits data)
 
@@ -48,40 +50,11 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = 
     return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
-    if name is None:
-        return ()
-    for logical, mesh_axes in rules:
-        if logical == name:
-            if mesh_axes is None:
-                return ()
-            return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-    return ()
-
-
 def logical_to_spec(
     logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
 ) -> P:
-    """Maps logical names of one array to a PartitionSpec for this mesh.
-
-    A mesh axis is dropped (that dimension is replicated over it) when it does not divide the
-    dimension or was already used by an earlier dimension, so one rules table serves every model
-    size, including GQA with fewer KV heads than the model axis.
-    """
-    used: set[str] = set()
-    spec = []
-    for name, dim in zip(logical, shape, strict=True):
-        axes = []
-        size = 1
-        for axis in _mesh_axes_for(name, rules):
-            axis_size = mesh.shape[axis]
-            if axis in used or axis_size == 1 or dim % (size * axis_size):
-                continue
-            axes.append(axis)
-            size *= axis_size
-        used.update(axes)
-        spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
-    return P(*spec)
+    """Maps logical names of one array to a PartitionSpec for this mesh (nn.logical_spec)."""
+    return logical_spec(logical, shape, dict(mesh.shape), rules)
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:

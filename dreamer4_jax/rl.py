@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dreamer4_jax.agent import future_stack
+
 Array = jax.Array
 
 
@@ -124,3 +126,65 @@ def pmpo_loss(
     invalid steps (e.g. after termination) from every set and from N.
     """
     return pmpo_loss_and_metrics(logp, advantages, kl, alpha, beta, mask=mask)[0]
+
+
+def imagined_returns(reward_BS: Array, value_BS: Array, gamma: float, lam: float) -> Array:
+    """Lambda-returns [B, S-1] of states 0..S-2 from per-state rewards and values [B, S].
+
+    reward_BS[:, s] is the reward that arrived WITH state s (the reward head at h_s), so the
+    transition s -> s+1 of `lambda_returns` earns reward_BS[:, s + 1]; the reward of state 0 (a
+    context frame) belongs to no imagined action. c = 1 throughout (PAPER 10.2 [U]: no
+    termination head).
+    """
+    b, s = reward_BS.shape
+    transition_BS = jnp.concatenate([reward_BS[:, 1:], jnp.zeros((b, 1))], axis=1)
+    return lambda_returns(
+        transition_BS, jax.lax.stop_gradient(value_BS), jnp.ones((b, s)), gamma, lam
+    )
+
+
+def imagination_loss_terms(
+    logp_BS: Array,
+    kl_BS: Array,
+    value_BS: Array,
+    value_nll_fn,
+    reward_BS: Array,
+    *,
+    gamma: float,
+    lam: float,
+    alpha: float,
+    beta: float,
+    num_value_offsets: int,
+) -> tuple[dict[str, Array], dict[str, Array]]:
+    """Named loss terms of one batch of imagined trajectories (PAPER 10.2-10.3).
+
+    logp_BS / kl_BS: log pi(a_s | h_s) of the sampled actions and KL(pi || pi_prior) per state;
+    value_BS: the value head's mean (its gradient is not used: returns and advantages are
+    stop-gradient); reward_BS: the reward head per state. value_nll_fn(target_BHN) -> [B, H, N]
+    negative log-likelihood of the value head's offset-n output at state t for R_{t+n}
+    (multi-token prediction, like the other heads).
+
+    Returns ({'policy': PMPO loss, 'value': summed per-offset value NLL}, metrics); the caller
+    weights and adds the terms.
+    """
+    b, length = reward_BS.shape
+    horizon = length - 1
+    returns = imagined_returns(reward_BS, value_BS, gamma, lam)
+    adv = advantages(returns, value_BS)
+    pmpo, metrics = pmpo_loss_and_metrics(
+        logp_BS[:, :horizon], adv, kl_BS[:, :horizon], alpha, beta
+    )
+    target_BHN = future_stack(returns, num_value_offsets)
+    valid_BHN = future_stack(jnp.ones((b, horizon), bool), num_value_offsets)
+    nll_BHN = value_nll_fn(jax.lax.stop_gradient(target_BHN))
+    per_n = jnp.sum(jnp.where(valid_BHN, nll_BHN, 0.0), axis=(0, 1)) / jnp.maximum(
+        jnp.sum(valid_BHN, axis=(0, 1)), 1
+    )
+    metrics.update(
+        {
+            'imagine/return': jnp.mean(returns[:, 0]),
+            'imagine/value': jnp.mean(value_BS),
+            'imagine/advantage_abs': jnp.mean(jnp.abs(adv)),
+        }
+    )
+    return {'policy': pmpo, 'value': jnp.sum(per_n)}, metrics

@@ -235,6 +235,96 @@ def shortcut_loss_terms(
     return (terms, aux) if has_aux else terms
 
 
+def teacher_stride(
+    teacher_rows: float, batch_size: int, field: str, batch_name: str = 'the batch size'
+) -> int:
+    """Every s-th row holds bootstrap frames (PAPER 6.4 [U]); 0 = no teacher rows.
+
+    `teacher_rows` must be 1/s for an integer s dividing the batch, so every device gets its
+    share of teacher rows; `field` names the config field in the error.
+    """
+    if teacher_rows <= 0:
+        return 0
+    stride = int(round(1.0 / teacher_rows))
+    if abs(1.0 / stride - teacher_rows) > 1e-6 or batch_size % stride:
+        raise ValueError(
+            f'{field}={teacher_rows} must be 1/s for an integer s dividing '
+            f'{batch_name}={batch_size} (e.g. 1, 0.5, 0.25)'
+        )
+    return stride
+
+
+def split_teacher_rows(tree: Any, stride: int) -> tuple[Any, Any]:
+    """(teacher rows b % stride == 0, the other rows): strided so every device gets its share."""
+
+    def take(x, first):
+        y = x.reshape(x.shape[0] // stride, stride, *x.shape[1:])
+        y = y[:, :1] if first else y[:, 1:]
+        return y.reshape(-1, *x.shape[1:])
+
+    return jax.tree.map(lambda x: take(x, True), tree), jax.tree.map(lambda x: take(x, False), tree)
+
+
+def put_teacher_rows(full: Array, rows: Array, stride: int) -> Array:
+    """Inverse of the first half of split_teacher_rows: write `rows` into rows b % stride == 0."""
+    y = full.reshape(full.shape[0] // stride, stride, *full.shape[1:])
+    return y.at[:, 0].set(rows).reshape(full.shape)
+
+
+def teacher_rows_loss_terms(
+    apply_rows: Callable[..., Any],
+    row_inputs: Any,
+    z1: Array,
+    noise: Array,
+    rng: Array,
+    cfg: ShortcutConfig,
+    stride: int,
+    *,
+    has_aux: bool = False,
+):
+    """`shortcut_loss_terms` where only every `stride`-th row holds bootstrap frames.
+
+    PAPER 6.4 [U]: the bootstrap target costs two extra teacher passes; paying them on a share of
+    the rows only keeps the step cheap. One main pass covers every row (the only pass with
+    gradients); the other rows are flow rows (d = d_min) and the two stop-gradient teacher passes
+    run on the teacher rows alone. stride 0: no bootstrap frames at all (plain flow matching);
+    stride 1: every row may hold bootstrap frames.
+
+    apply_rows(z, tau, d, inputs) -> out (or (out, aux) with `has_aux`): the network on the rows
+    whose per-row inputs (actions, flags, ...; leading dimension B) are `inputs`.
+    """
+    b, t = z1.shape[:2]
+    k_teacher, k_flow = jax.random.split(rng)
+    flow_cfg = dataclasses.replace(cfg, shortcut=False)
+    main_cfg = cfg if stride else flow_cfg
+    tau, d = sample_training_tau_d(k_teacher if stride else k_flow, (b, t), main_cfg)
+    if stride > 1:
+        tau_f, d_f = sample_training_tau_d(k_flow, (b, t), flow_cfg)
+        teacher_B = jnp.arange(b) % stride == 0
+        tau = jnp.where(teacher_B[:, None], tau, tau_f)
+        d = jnp.where(teacher_B[:, None], d, d_f)
+
+    def predict(z, tau, d):
+        return apply_rows(z, tau, d, row_inputs)
+
+    teacher_predict = None
+    if stride > 1:
+        sub_inputs = split_teacher_rows(row_inputs, stride)[0]
+
+        def teacher_predict(z, tau, d):
+            zs, taus, ds = split_teacher_rows((z, tau, d), stride)[0]
+            out = apply_rows(zs, taus, ds, sub_inputs)
+            out = out[0] if has_aux else out
+            # Rows without bootstrap frames: a neutral finite output (zero velocity).
+            neutral = z if cfg.prediction == 'x' else jnp.zeros_like(z)
+            full = put_teacher_rows(neutral, out, stride)
+            return (full, None) if has_aux else full
+
+    return shortcut_loss_terms(
+        predict, z1, noise, tau, d, main_cfg, has_aux=has_aux, teacher_predict=teacher_predict
+    )
+
+
 def euler_step(z: Array, x_hat: Array, tau: Array, d: float | Array, eps: float = 1e-5) -> Array:
     """One x-prediction Euler update (PAPER 7): z + d * (x_hat - z) / (1 - tau).
 

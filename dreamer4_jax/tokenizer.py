@@ -22,11 +22,13 @@ import jax
 import jax.numpy as jnp
 
 from dreamer4_jax.nn import (
+    KVCache,
     Transformer,
     TransformerConfig,
     constrain,
     decoder_layout,
     encoder_layout,
+    init_cache,
     param_init,
 )
 
@@ -77,6 +79,21 @@ def unpatchify(patches_BTPQ: jax.Array, patch: int, height: int, width: int) -> 
     x = patches_BTPQ.reshape(b, t, gh, gw, patch, patch, 3)
     x = x.transpose(0, 1, 2, 4, 3, 5, 6)
     return x.reshape(b, t, height, width, 3)
+
+
+def new_encoder_cache(config: TokenizerConfig, batch: int, max_frames: int) -> KVCache:
+    """Empty KV cache of the encoder for `Tokenizer.encode_step`.
+
+    With a time window C it holds C - 1 past frames; without one, `max_frames` - 1 (the frames
+    of time context the tokenizer should see, e.g. its training window length).
+    """
+    window = config.encoder.time_window
+    return init_cache(
+        config.encoder,
+        config.num_patches + config.num_latents,
+        batch,
+        None if window is not None else max(max_frames - 1, 0),
+    )
 
 
 def sample_patch_mask(
@@ -131,8 +148,8 @@ class Tokenizer(nn.Module):
             name='pixels_out',
         )
 
-    def encode(self, images_BTHWC: jax.Array, mask_BTP: jax.Array | None = None) -> jax.Array:
-        """Images in [0, 1] -> latents z_BTNC in [-1, 1]. mask_BTP: patches to hide (training)."""
+    def _encoder_tokens(self, images_BTHWC: jax.Array, mask_BTP: jax.Array | None) -> jax.Array:
+        """Frame blocks of the encoder: P patch tokens (masked ones replaced), then N latents."""
         c = self.config
         if images_BTHWC.shape[2:] != (c.height, c.width, 3):
             raise ValueError(
@@ -145,9 +162,27 @@ class Tokenizer(nn.Module):
             x_BTPD = jnp.where(mask_BTP[..., None], self.mask_embed, x_BTPD)
         b, t = x_BTPD.shape[:2]
         lat_BTND = jnp.broadcast_to(self.latent_tokens, (b, t, *self.latent_tokens.shape))
-        h_BTSD = constrain(jnp.concatenate([x_BTPD, lat_BTND], axis=2), ACT)
-        h_BTSD = self.encoder(h_BTSD)
-        return jnp.tanh(self.bottleneck(h_BTSD[:, :, c.num_patches :]))
+        return constrain(jnp.concatenate([x_BTPD, lat_BTND], axis=2), ACT)
+
+    def _bottleneck(self, h_BTSD: jax.Array) -> jax.Array:
+        """Latent-token outputs -> z in [-1, 1] (PAPER 4.2: linear projection + tanh)."""
+        return jnp.tanh(self.bottleneck(h_BTSD[:, :, self.config.num_patches :]))
+
+    def encode(self, images_BTHWC: jax.Array, mask_BTP: jax.Array | None = None) -> jax.Array:
+        """Images in [0, 1] -> latents z_BTNC in [-1, 1]. mask_BTP: patches to hide (training)."""
+        return self._bottleneck(self.encoder(self._encoder_tokens(images_BTHWC, mask_BTP)))
+
+    def encode_step(self, images_BTHWC: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """`encode` of T new frames after the frames held in the encoder's KV cache.
+
+        Mirrors `Dynamics.step(commit=True)`: reads the cache, appends these frames and returns
+        (z_BTNC, cache). Frame by frame it equals the last frames of `encode` over the whole
+        sequence (tested), at a cost per frame that does not grow with the episode.
+        """
+        h_BTSD, cache = self.encoder.step(
+            self._encoder_tokens(images_BTHWC, None), cache, commit=True
+        )
+        return self._bottleneck(h_BTSD), cache
 
     def decode(self, z_BTNC: jax.Array) -> jax.Array:
         """Latents -> images [B,T,H,W,3] (unclipped; in [0, 1] after training)."""

@@ -14,9 +14,9 @@ small scale): tokenizer 2 x 8 blocks at width 256 (about 13M parameters), dynami
 width 384 with GQA 8:2 and 16 registers, context C = 32 frames with T1 = 16 / T2 = 48 batches.
 """
 
+from dreamer4_jax import model_configs as mc
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
-from dreamer4_jax import model_configs as mc
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
 

@@ -13,9 +13,9 @@ them in order with the links set (dreamer4_jax/demo.py). Sizes are chosen for sp
 cores, not quality; experiments/craftax_small.py is the one-GPU config.
 """
 
+from dreamer4_jax import model_configs as mc
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
-from dreamer4_jax import model_configs as mc
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
 

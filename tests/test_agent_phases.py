@@ -9,9 +9,6 @@ import pytest
 
 from dreamer4_jax import dynamics as dyn
 from dreamer4_jax.configs import base_config
-from dreamer4_jax.nn import TransformerConfig
-from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
-from dreamer4_jax.train import agent_phase, imagination_phase
 from dreamer4_jax.model_configs import (
     agent_config_dict,
     dynamics_config_dict,
@@ -19,6 +16,9 @@ from dreamer4_jax.model_configs import (
     imagination_config_dict,
     transformer_config_dict,
 )
+from dreamer4_jax.nn import TransformerConfig
+from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
+from dreamer4_jax.train import agent_phase, imagination_phase
 
 B, T, K = 4, 6, 5
 
@@ -130,7 +130,8 @@ def agent_run(pretrained):
     tok, (dyn_params, dyn_run) = pretrained
     config = _config('agent')
     phase = agent_phase.make_phase(config, dynamics=(dyn_params, dyn_run), tokenizer=tok)
-    state = jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(2))
+    # As the loop does: a fresh state, then the warm start swaps in the pretrained weights.
+    state = phase.warm_start(jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(2)))
     step = jax.jit(phase.train_step)
     new, metrics = step(state, _batch(), jax.random.key(3), {'tokenizer': tok[0]})
     return phase, state, new, metrics, config
@@ -163,7 +164,7 @@ def test_bc_baseline_from_scratch_without_dynamics_loss(pretrained):
     config.agent.from_scratch = True
     config.agent.loss_weights.dynamics = 0.0
     phase = agent_phase.make_phase(config, dynamics=(dyn_params, dyn_run), tokenizer=tok)
-    state = jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(2))
+    state = phase.warm_start(jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(2)))
     w = state.params['dynamics']['transformer']['block_0']['mlp']['wi']
     assert not np.array_equal(w, dyn_params['transformer']['block_0']['mlp']['wi'])
     # Tracing is enough to see which terms the step computes (compiling it again is slow).
@@ -181,7 +182,7 @@ def test_imagination_step_moves_only_policy_and_value(pretrained, agent_run):
     phase = imagination_phase.make_phase(
         config, agent=(trained.params, a_config), tokenizer=tok, world_model=wm
     )
-    state = jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(0))
+    state = phase.warm_start(jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(0)))
     # The prior is an exact copy of the BC policy it starts from.
     jax.tree.map(
         np.testing.assert_array_equal,

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from dreamer4_jax import generation, shortcut
+from dreamer4_jax import model_configs as mc
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, align_actions, init_params
@@ -21,7 +22,6 @@ from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources, loop
 from dreamer4_jax.train import dynamics_phase as dp
-from dreamer4_jax import model_configs as mc
 
 
 def tiny_config(**dyn):
@@ -68,7 +68,7 @@ def test_plan_validation_messages():
     # Plain diffusion forcing has no teacher rows whatever teacher_rows says.
     assert dp.make_plan(tiny_config(shortcut=False, teacher_rows=0.3)).teacher_stride == 0
     with pytest.raises(ConfigError, match='tokenizer_workdir is empty'):
-        dp.load_tokenizer(tiny_config())
+        dp.make_phase(tiny_config())
 
 
 def test_long_batch_schedule():

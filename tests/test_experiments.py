@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.model_configs import tokenizer_config_from
+from dreamer4_jax.tokenizer import Tokenizer
 from experiments import minecraft_paper
 
 

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from dreamer4_jax import checkpoint
+from dreamer4_jax import checkpoint, pretrained
+from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.train import loop, toy
 from experiments.toy import get_config
 
@@ -140,14 +141,22 @@ def test_rng_is_saved_and_restored(tmp_path):
     np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(expected))
 
 
-def test_load_trained_rebuilds_the_phase_from_the_saved_config(tmp_path):
+def test_pretrained_load_reads_params_and_config_and_creates_nothing(tmp_path):
     workdir = str(tmp_path / 'run')
     config = _config(steps=20)
     config.toy.width = 48  # differs from the default: must come from the checkpoint's config
     result = loop.run(toy.make_phase(config), config, workdir)
-    params, saved = checkpoint.load_trained(workdir)
-    assert saved.toy.width == 48
+    run = pretrained.load(workdir)
+    assert run.config.toy.width == 48 and run.step == 20
+    params = run.params()
     for name, value in _params(result).items():
         np.testing.assert_array_equal(np.asarray(params[name]), value)
+    missing = tmp_path / 'empty'
+    with pytest.raises(checkpoint.CheckpointError, match='does not exist'):
+        pretrained.load(str(missing))
+    assert not missing.exists()  # a typo in a workdir never creates folders
+    (missing / 'checkpoints').mkdir(parents=True)
     with pytest.raises(checkpoint.CheckpointError, match='No checkpoint'):
-        checkpoint.load_trained(str(tmp_path / 'empty'))
+        pretrained.load(str(missing))
+    with pytest.raises(ConfigError, match="holds a 'toy' run"):
+        pretrained.load(workdir, expect='tokenizer')

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from dreamer4_jax import parallel
 from dreamer4_jax.configs import DEFAULT_SHARDING_RULES
+from dreamer4_jax.nn import partitioning
 from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.train import toy
 from experiments.toy import get_config
@@ -93,3 +94,23 @@ def test_optimizer_mask_freezes_leaves():
 def test_make_mesh_rejects_wrong_device_count():
     with pytest.raises(ValueError, match='does not match'):
         parallel.make_mesh((2, 2, 1), jax.devices())
+
+
+def test_one_rules_interpreter_for_parameters_and_activations():
+    """A mesh axis that does not divide is skipped, later ones still apply, for both users."""
+    rules = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'))
+    mesh_shape = {'data': 4, 'fsdp': 2, 'model': 1}
+    # 2 rows: 'data' (4) does not divide, 'fsdp' (2) does; 'embed' then finds fsdp used.
+    spec = partitioning.logical_spec(('batch', 'embed'), (2, 8), mesh_shape, rules)
+    assert spec == P('fsdp', None)
+    assert partitioning.fitted_spec((2, 8), ('batch', 'embed'), rules, mesh_shape) == spec
+    devices = jax.devices()[:8]
+    mesh = parallel.make_mesh((4, 2, 1), devices)
+    assert parallel.logical_to_spec(('batch', 'embed'), (2, 8), mesh, rules) == spec
+
+    def f(x):
+        return partitioning.constrain(x * 2.0, ('batch', 'embed'))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        out = jax.jit(f)(jnp.ones((2, 8)))
+    assert out.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, spec), 2)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dreamer4_jax import rl
 from dreamer4_jax.rl import (
     advantages,
     alive_mask,
@@ -168,3 +169,45 @@ def test_pmpo_metrics():
     assert float(m['pmpo/logp_negative']) == pytest.approx(-2.0)
     assert float(m['pmpo/kl']) == pytest.approx(0.6)
     assert float(loss) == pytest.approx(0.5 * -2.0 - 0.5 * -2.5 + 0.3 * 0.6)
+
+
+def test_imagination_loss_terms_are_pmpo_and_masked_mtp_value():
+    """Named terms: 'policy' is PMPO on sg(R - v); 'value' sums each offset's mean NLL over the
+    targets that exist (offset n at state t needs R_{t+n}, so later states drop out)."""
+    rs = np.random.RandomState(0)
+    b, s, n = 3, 5, 2
+    logp, kl = rs.randn(b, s), np.abs(rs.randn(b, s))
+    value, reward = rs.randn(b, s), rs.randn(b, s)
+    gamma, lam, alpha, beta = 0.9, 0.8, 0.5, 0.3
+
+    def nll(target_BHN):  # squared error stands in for the two-hot NLL
+        v = jnp.asarray(value[:, : s - 1, None])
+        return (target_BHN - v) ** 2
+
+    terms, metrics = rl.imagination_loss_terms(
+        jnp.asarray(logp),
+        jnp.asarray(kl),
+        jnp.asarray(value),
+        nll,
+        jnp.asarray(reward),
+        gamma=gamma,
+        lam=lam,
+        alpha=alpha,
+        beta=beta,
+        num_value_offsets=n,
+    )
+    assert set(terms) == {'policy', 'value'}
+    # Returns by hand: transition t -> t+1 earns reward[t+1]; bootstrap R_{S-1} = v_{S-1}.
+    ret = np.zeros((b, s))
+    ret[:, -1] = value[:, -1]
+    for t in range(s - 2, -1, -1):
+        ret[:, t] = reward[:, t + 1] + gamma * ((1 - lam) * value[:, t + 1] + lam * ret[:, t + 1])
+    ret = ret[:, :-1]
+    adv = ret - value[:, :-1]
+    want_policy = rl.pmpo_loss(
+        jnp.asarray(logp[:, :-1]), jnp.asarray(adv), jnp.asarray(kl[:, :-1]), alpha, beta
+    )
+    np.testing.assert_allclose(float(terms['policy']), float(want_policy), rtol=1e-5)
+    want_value = np.mean((ret - value[:, :-1]) ** 2) + np.mean((ret[:, 1:] - value[:, :-2]) ** 2)
+    np.testing.assert_allclose(float(terms['value']), want_value, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics['imagine/return']), ret[:, 0].mean(), rtol=1e-5)

@@ -25,17 +25,21 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dreamer4_jax import pretrained
+from dreamer4_jax.actions import craftax_action_space
 from dreamer4_jax.distributions import ActionDist
+from dreamer4_jax.envs import craftax
 from dreamer4_jax.eval.success_table import rates_from_unlocks, write_tables
+from dreamer4_jax.generation import new_cache
 from dreamer4_jax.imagination import WorldModel, observe
-from dreamer4_jax.nn import KVCache, init_cache
-from dreamer4_jax.tokenizer import Tokenizer, patchify
+from dreamer4_jax.model_configs import closed_loop_config_dict
+from dreamer4_jax.nn import KVCache
+from dreamer4_jax.tokenizer import Tokenizer, new_encoder_cache
 
 Array = jax.Array
 
@@ -43,32 +47,13 @@ Array = jax.Array
 def encode_step(
     tok: Tokenizer, params: Any, frames_E1HWC: Array, cache: KVCache
 ) -> tuple[Array, KVCache]:
-    """Tokenizer.encode of one new frame per row, reading and extending the encoder's KV cache.
-
-    Equal to the latents of the last frame of `Tokenizer.encode` over the cached frames plus
-    this one (tested); cost per frame does not grow with the episode.
-    """
-
-    def run(module: Tokenizer, x_E1HWC, cache):
-        c = module.config
-        x = module.patch_in(patchify(x_E1HWC.astype(jnp.float32) * 2.0 - 1.0, c.patch))
-        lat = jnp.broadcast_to(module.latent_tokens, (*x.shape[:2], *module.latent_tokens.shape))
-        h, cache = module.encoder.step(jnp.concatenate([x, lat], axis=2), cache, commit=True)
-        return jnp.tanh(module.bottleneck(h[:, :, c.num_patches :])), cache
-
-    return nn.apply(run, tok)({'params': params}, frames_E1HWC, cache)
+    """`Tokenizer.encode_step` of one new frame per row (frames in [0, 1])."""
+    return tok.apply({'params': params}, frames_E1HWC, cache, method=Tokenizer.encode_step)
 
 
 def encoder_cache(tok: Tokenizer, batch: int, context: int) -> KVCache:
     """Encoder cache holding `context` - 1 past frames (its window if the config has one)."""
-    c = tok.config
-    window = c.encoder.time_window
-    return init_cache(
-        c.encoder,
-        c.num_patches + c.num_latents,
-        batch,
-        None if window is not None else max(context - 1, 0),
-    )
+    return new_encoder_cache(tok.config, batch, context)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +75,7 @@ class AgentPolicy:
 
     def init(self, num_envs: int) -> tuple:
         """(encoder cache, dynamics cache, previous action [E, 1], has previous [E, 1])."""
-        dc = self.wm.dynamics.config
-        window = dc.transformer.time_window
-        dyn_cache = init_cache(
-            dc.transformer,
-            dc.layout().num_tokens,
-            num_envs,
-            None if window is not None else self.context - 1,
-        )
+        dyn_cache = new_cache(self.wm.dynamics, num_envs, self.context - 1)
         prev = jax.tree.map(lambda a: a[:, None], dist_zero_actions(self.dist, num_envs))
         return (
             encoder_cache(self.tokenizer, num_envs, self.context),
@@ -250,25 +228,21 @@ def play(
 
 def load_agent_policy(workdir: str, sample: bool = True) -> tuple[AgentPolicy, dict]:
     """(policy, params) of a finished agent (phase 2) or imagination (phase 3) run."""
-    from dreamer4_jax.checkpoint import load_trained
-    from dreamer4_jax.train.imagination_phase import world_model_of
-
-    params, run = load_trained(workdir)
-    if run.phase == 'imagination':
-        _, agent_run = load_trained(str(run.imagination.agent_workdir))
-    elif run.phase == 'agent':
-        agent_run = run
-    else:
+    run = pretrained.load(workdir)
+    if run.phase not in ('agent', 'imagination'):
         raise ValueError(
             f'{workdir} holds a {run.phase!r} run; closed-loop evaluation needs an '
             "'agent' or 'imagination' run (a policy head)."
         )
-    wm, (tok_params, tok_cfg), _ = world_model_of(agent_run)
+    agent_run = run.earlier() if run.phase == 'imagination' else run
+    tok_run = agent_run.earlier().earlier()
+    params = run.params()
     # Caches without a time window keep as many frames as the agent's training windows had:
     # its latents came from encoding windows of that length.
-    policy = AgentPolicy(wm, Tokenizer(tok_cfg), int(agent_run.data.window_length), sample)
+    tok = Tokenizer(tok_run.tokenizer_config())
+    policy = AgentPolicy(run.world_model(), tok, int(agent_run.config.data.window_length), sample)
     return policy, {
-        'tokenizer': tok_params,
+        'tokenizer': tok_run.params(),
         'dynamics': params['dynamics'],
         'agent': params['agent'],
     }
@@ -287,10 +261,6 @@ def evaluate_agents(
     {'random': 'random', 'BC': bc_dir, 'WM+BC': agent_dir, 'Dreamer 4': imagination_dir}
     (PAPER 12.1 Table 7 columns). cfg: closed_loop_config_dict(). Returns the results dict.
     """
-    from dreamer4_jax.actions import craftax_action_space
-    from dreamer4_jax.envs import craftax
-    from dreamer4_jax.model_configs import closed_loop_config_dict
-
     cfg = cfg or closed_loop_config_dict()
     names = craftax.ACHIEVEMENT_NAMES
     env = env or craftax.CraftaxEnv(max_steps=int(cfg.max_steps))

@@ -34,71 +34,22 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dreamer4_jax import losses, shortcut
-from dreamer4_jax.agent import AgentHeads, agent_loss_terms, init_agent_params
+from dreamer4_jax import generation, losses, pretrained, shortcut, world_model
+from dreamer4_jax.agent import AgentHeads, agent_loss_terms
 from dreamer4_jax.config_checks import ConfigError
-from dreamer4_jax.dynamics import Dynamics, align_actions, init_params
-from dreamer4_jax.generation import SamplingConfig
-from dreamer4_jax.imagination import WorldModel
-from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
+from dreamer4_jax.dynamics import align_actions
+from dreamer4_jax.model_configs import shortcut_config_from
+from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
-from dreamer4_jax.train.dynamics_phase import split_teacher_rows
+from dreamer4_jax.train.dynamics_phase import teacher_stride
 from dreamer4_jax.train.loop import Phase
-from dreamer4_jax.model_configs import (
-    agent_config_from,
-    dynamics_config_from,
-    shortcut_config_from,
-)
-from dreamer4_jax.train.warm_start import mask_by_prefix, overlay
+from dreamer4_jax.train.warm_start import load_into, mask_by_prefix
+from dreamer4_jax.world_model import WorldModel, build_world_model, row_tasks
 
 ROW_CHOICES = ('relevant', 'uniform', 'all')
 TERMS = ('dynamics', 'bc', 'reward')
-
-
-def build_world_model(
-    dyn_cd: ml_collections.ConfigDict, tok_cfg: TokenizerConfig, agent_cd: ml_collections.ConfigDict
-) -> WorldModel:
-    """Dynamics model with agent tokens + heads, from the dynamics run's sub-config."""
-    dcfg = dynamics_config_from(dyn_cd, tok_cfg)
-    acfg = agent_config_from(agent_cd, dcfg.transformer.width)
-    dcfg = dataclasses.replace(dcfg, num_agent_tokens=acfg.num_agent_tokens)
-    sampling = SamplingConfig(
-        num_steps=int(dyn_cd.sampling_steps),
-        context_signal=float(dyn_cd.context_signal),
-        prediction=str(dyn_cd.prediction),
-        network_d=None if bool(dyn_cd.shortcut) else 1.0 / int(dyn_cd.k_max),
-    )
-    return WorldModel(Dynamics(dcfg), AgentHeads(acfg, dcfg.actions), sampling)
-
-
-def row_tasks(batch: dict, num_tasks: int, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(task_B, relevant_B): the task each window is about, and whether it is task-relevant.
-
-    The pipeline gives 'task_id' and 'relevant' per step ([B, T], constant along T; task -1 for
-    uniform rows). Without them (hand-made batches) a row is relevant when an achievement
-    unlocks in it at t >= 1, and its task is the first such one. Rows without a task get a
-    uniformly random one: reward negatives, and a prompt for imagination.
-    """
-    tr_BTK = batch['task_reward']
-    b = tr_BTK.shape[0]
-    if tr_BTK.shape[-1] != num_tasks:
-        raise ValueError(
-            f'the data has {tr_BTK.shape[-1]} tasks (task_reward {tr_BTK.shape}) but the agent '
-            f'was built for {num_tasks}: set config.agent.num_tasks={tr_BTK.shape[-1]}.'
-        )
-    if 'task_id' in batch:
-        task_B = jnp.asarray(batch['task_id'], jnp.int32)[:, 0]
-        relevant_B = jnp.asarray(batch['relevant'], bool)[:, 0]
-    else:
-        hit_BTK = tr_BTK[:, 1:] > 0  # the action causing the event must be in the window
-        relevant_B = jnp.any(hit_BTK, axis=(1, 2))
-        first_t_BK = jnp.where(
-            jnp.any(hit_BTK, axis=1), jnp.argmax(hit_BTK, axis=1), tr_BTK.shape[1]
-        )
-        task_B = jnp.where(relevant_B, jnp.argmin(first_t_BK, axis=1), -1).astype(jnp.int32)
-    random_B = jax.random.randint(rng, (b,), 0, num_tasks)
-    return jnp.where(task_B >= 0, task_B, random_B), relevant_B
+__all__ = ['build_world_model', 'finetune_loss', 'held_out_metrics', 'make_phase', 'row_tasks']
 
 
 def _rows(choice: str, relevant_B: jax.Array) -> jax.Array:
@@ -123,104 +74,71 @@ def finetune_loss(
 
     One shortcut-forcing pass on noisy latents (PAPER 9.2: inputs stay noisy) gives the latent
     predictions and h_t. As in phase 1b, only every `teacher_stride`-th row pays the two
-    bootstrap teacher passes (0: none); rows are regrouped, and the per-row data follows them.
+    bootstrap teacher passes (0: none; shortcut.teacher_rows_loss_terms).
     """
-    b, t = z1_BTNC.shape[:2]
-    k_noise, k_teacher, k_flow = jax.random.split(rng, 3)
+    t = z1_BTNC.shape[1]
+    k_noise, k_terms = jax.random.split(rng)
     acts, has = align_actions(batch['action'], batch['has_action'], batch['is_first'])
-    per_row = {
-        'z1': z1_BTNC,
-        'noise': jax.random.normal(k_noise, z1_BTNC.shape, jnp.float32),
-        'acts': acts,
-        'has': has,
-        'task': task_B,
-        'rows': rows,
-        'batch': {
-            k: batch[k] for k in ('action', 'has_action', 'is_first', 'is_last', 'task_reward')
-        },
-    }
-    flow_only = dataclasses.replace(objective, shortcut=False)
-    if not use_dynamics or teacher_stride == 0:
-        groups = [(per_row, flow_only, k_flow)]
-    elif teacher_stride == 1:
-        groups = [(per_row, objective, k_teacher)]
-    else:
-        teacher, flow = split_teacher_rows(per_row, teacher_stride)
-        groups = [(teacher, objective, k_teacher), (flow, flow_only, k_flow)]
+    noise = jax.random.normal(k_noise, z1_BTNC.shape, jnp.float32)
+    task_BT = jnp.broadcast_to(task_B[:, None], z1_BTNC.shape[:2])
 
-    parts, hs = [], []
-    for g, cfg, key in groups:
-        tau, d = shortcut.sample_training_tau_d(key, g['z1'].shape[:2], cfg)
-        task_BT = jnp.broadcast_to(g['task'][:, None], g['z1'].shape[:2])
-        agent_in = wm.agent_inputs(params, task_BT)
-
-        def predict(z, tau, d, g=g, agent_in=agent_in):
-            return wm.dynamics.apply(
-                {'params': params['dynamics']},
-                z,
-                tau,
-                d,
-                g['acts'],
-                g['has'],
-                agent_in_BTAD=agent_in,
-            )
-
-        terms, h = shortcut.shortcut_loss_terms(
-            predict, g['z1'], g['noise'], tau, d, cfg, has_aux=True
+    def apply_rows(z, tau, d, inputs):
+        acts, has, task = inputs
+        return wm.dynamics.apply(
+            {'params': params['dynamics']},
+            z,
+            tau,
+            d,
+            acts,
+            has,
+            agent_in_BTAD=wm.agent_inputs(params, task),
         )
-        parts.append(terms)
-        hs.append(h)
-    cat = lambda *xs: jnp.concatenate(xs, axis=0)  # noqa: E731
-    g_all = jax.tree.map(cat, *[g for g, _, _ in groups])
-    terms = jax.tree.map(cat, *parts)
-    h_BTAD = cat(*hs)
 
-    dyn_rows = g_all['rows']['dynamics'].astype(jnp.float32)
+    stride = teacher_stride if use_dynamics else 0
+    terms, h_BTAD = shortcut.teacher_rows_loss_terms(
+        apply_rows, (acts, has, task_BT), z1_BTNC, noise, k_terms, objective, stride, has_aux=True
+    )
+    dyn_rows = rows['dynamics'].astype(jnp.float32)
     dynamics = jnp.sum(terms['loss'] * dyn_rows[:, None]) / jnp.maximum(dyn_rows.sum() * t, 1.0)
     heads = wm.heads
     policy = heads.apply({'params': params['agent']}, h_BTAD, method=AgentHeads.policy_params)
     reward = heads.apply({'params': params['agent']}, h_BTAD, method=AgentHeads.reward_logits)
+    head_batch = {
+        k: batch[k] for k in ('action', 'has_action', 'is_first', 'is_last', 'task_reward')
+    }
     agent_terms, logs = agent_loss_terms(
         heads.dist,
         heads.config.reward_dist,
         policy,
         reward,
-        g_all['batch'],
-        g_all['task'],
-        g_all['rows']['bc'],
-        g_all['rows']['reward'],
+        head_batch,
+        task_B,
+        rows['bc'],
+        rows['reward'],
     )
     n_flow = jnp.maximum(jnp.sum(terms['flow_mask'] * dyn_rows[:, None]), 1.0)
     logs['flow_mse'] = jnp.sum(terms['flow'] * terms['flow_mask'] * dyn_rows[:, None]) / n_flow
-    logs['agent/relevant_rows'] = jnp.mean(g_all['rows']['bc'].astype(jnp.float32))
+    logs['agent/relevant_rows'] = jnp.mean(rows['bc'].astype(jnp.float32))
     return {'dynamics': dynamics, **agent_terms}, logs
 
 
 def held_out_metrics(
     wm: WorldModel, tok_model: Tokenizer, params: Any, tok_params: Any, batch: dict, rng: jax.Array
 ) -> dict[str, jax.Array]:
-    """BC / reward quality on held-out windows in the inference setting: every frame at the
-    context signal level, as imagination and the closed loop commit them (no cache needed: a
-    full pass equals frame-by-frame commits, tests/test_imagination.py). Each window's task is
-    the first event in it (random if none), so the reward head is scored on real events."""
+    """BC / reward quality on held-out windows in the inference setting: every frame committed
+    at the context signal level, as imagination and the closed loop commit them (one pass over
+    an empty cache equals frame-by-frame commits, tests/test_imagination.py). Each window's task
+    is the first event in it (random if none), so the reward head is scored on real events."""
     batch = {k: v for k, v in batch.items() if k not in ('task_id', 'relevant')}
     k_task, k_noise = jax.random.split(rng)
     task_B, _ = row_tasks(batch, wm.heads.config.num_tasks, k_task)
-    images = jnp.asarray(batch['image'], jnp.float32) / 255.0
-    z = tok_model.apply({'params': tok_params}, images, method=Tokenizer.encode)
+    z = world_model.encode_frames(tok_model, tok_params, batch['image'])
     b, t = z.shape[:2]
-    k_max = wm.dynamics.config.k_max
-    z_ctx, tau_ctx = shortcut.corrupt_context(k_noise, z, wm.sampling.context_signal, k_max=k_max)
     acts, has = align_actions(batch['action'], batch['has_action'], batch['is_first'])
     agent_in = wm.agent_inputs(params, jnp.broadcast_to(task_B[:, None], (b, t)))
-    _, h = wm.dynamics.apply(
-        {'params': params['dynamics']},
-        z_ctx,
-        jnp.full((b, t), tau_ctx),
-        jnp.full((b, t), 1.0 / k_max),
-        acts,
-        has,
-        agent_in_BTAD=agent_in,
+    cache = generation.new_cache(wm.dynamics, b, t)
+    (_, h), _ = generation.commit(
+        wm.dynamics, params['dynamics'], z, acts, has, cache, k_noise, wm.sampling, agent_in
     )
     heads = wm.heads
     policy = heads.apply({'params': params['agent']}, h, method=AgentHeads.policy_params)
@@ -237,18 +155,50 @@ def held_out_metrics(
     }
 
 
-def load_pretrained_dynamics(config: ml_collections.ConfigDict):
-    """(dynamics params, the dynamics run's config) from config.agent.dynamics_workdir."""
-    from dreamer4_jax.checkpoint import load_trained
+@dataclasses.dataclass(frozen=True)
+class AgentStep:
+    """The static pieces of an agent train step (bound with functools.partial)."""
 
-    where = str(config.agent.dynamics_workdir)
-    if not where:
-        raise ConfigError(
-            'config.agent.dynamics_workdir is empty: point it at the workdir of a '
-            'finished dynamics run (phase 1b). Its saved config fixes the '
-            'architecture; with agent.from_scratch=True only that is used.'
+    wm: WorldModel
+    tokenizer: Tokenizer
+    objective: shortcut.ShortcutConfig
+    teacher_stride: int
+    tx: optax.GradientTransformation
+    weights: tuple[tuple[str, float], ...]
+    rows: tuple[tuple[str, str], ...]  # (term, row choice)
+    rms_beta: float
+
+
+def train_step(s: AgentStep, state, batch, rng, consts):
+    """One finetuning step: shortcut forcing + BC + reward, RMS-normalized (PAPER 9.2-9.3)."""
+    k_task, k_loss = jax.random.split(rng)
+    task_B, relevant_B = row_tasks(batch, s.wm.heads.config.num_tasks, k_task)
+    rows = {term: _rows(choice, relevant_B) for term, choice in s.rows}
+    z1 = world_model.encode_frames(s.tokenizer, consts['tokenizer'], batch['image'])
+    weights = dict(s.weights)
+
+    def loss_fn(params):
+        terms, logs = finetune_loss(
+            s.wm,
+            s.objective,
+            s.teacher_stride,
+            params,
+            z1,
+            batch,
+            task_B,
+            rows,
+            k_loss,
+            'dynamics' in weights,
         )
-    return load_trained(where)
+        terms = {k: terms[k] for k in weights}
+        total, rms, metrics = losses.update_and_normalize(
+            state.aux['rms'], terms, weights, beta=s.rms_beta
+        )
+        return total, (rms, {**metrics, **logs})
+
+    (_, (rms, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    return state_lib.apply_gradients(state, grads, s.tx, aux={'rms': rms}), metrics
 
 
 def make_phase(
@@ -256,100 +206,90 @@ def make_phase(
     *,
     dynamics: tuple | None = None,
     tokenizer: tuple | None = None,
+    load=pretrained.load,
 ) -> Phase:
-    """The agent phase. `dynamics` = (params, dynamics run config) and `tokenizer` = (params,
-    TokenizerConfig) skip loading checkpoints (tests)."""
-    from dreamer4_jax.train.dynamics_phase import load_tokenizer
+    """The agent phase on the dynamics run of `config.agent.dynamics_workdir`.
 
+    `load(workdir, expect=...)` finds earlier runs (`pretrained.load`; ahead-of-time compilation
+    passes abstract ones). `dynamics` = (params, dynamics run config) and `tokenizer` = (params,
+    TokenizerConfig) skip loading checkpoints (tests).
+    """
     ac = config.agent
     for field in ('bc_rows', 'dynamics_rows', 'reward_rows'):
         if str(ac[field]) not in ROW_CHOICES:
             raise ConfigError(f'config.agent.{field}={ac[field]!r} must be one of {ROW_CHOICES}')
-    dyn_params, dyn_run = dynamics if dynamics is not None else load_pretrained_dynamics(config)
-    tok_params, tok_cfg = tokenizer if tokenizer is not None else load_tokenizer(dyn_run)
-    wm = build_world_model(dyn_run.dynamics, tok_cfg, ac)
-    objective = shortcut_config_from(dyn_run.dynamics)
+    if dynamics is not None:
+        dyn_params, dyn_cfg = dynamics
+        dyn_run = None
+    else:
+        dyn_run = load(pretrained.earlier_workdir(config), expect='dynamics')
+        dyn_params, dyn_cfg = None, dyn_run.config
+    if tokenizer is not None:
+        tok_params, tok_cfg = tokenizer
+    else:
+        tok_run = (
+            dyn_run.earlier()
+            if dyn_run is not None
+            else load(pretrained.earlier_workdir(dyn_cfg), expect='tokenizer')
+        )
+        tok_params, tok_cfg = None, tok_run.tokenizer_config()
+    wm = build_world_model(dyn_cfg.dynamics, tok_cfg, ac)
+    objective = shortcut_config_from(dyn_cfg.dynamics)
     weights = {k: float(ac.loss_weights[k]) for k in TERMS}
-    use_dynamics = weights['dynamics'] > 0
-    if not use_dynamics:
+    if weights['dynamics'] <= 0:
         weights.pop('dynamics')
-    stride = 0
-    if objective.shortcut and float(ac.teacher_rows) > 0:
-        stride = int(round(1.0 / float(ac.teacher_rows)))
-        if int(config.train.batch_size) % stride:
-            raise ConfigError(
-                f'config.agent.teacher_rows={ac.teacher_rows}: 1/teacher_rows '
-                f'must divide train.batch_size={config.train.batch_size}'
-            )
-    tok_model = Tokenizer(tok_cfg)
-    num_tasks = wm.heads.config.num_tasks
-
-    def init_params_all(rng):
-        k_dyn, k_agent = jax.random.split(rng)
-        return {
-            'dynamics': init_params(wm.dynamics, k_dyn),
-            'agent': init_agent_params(wm.heads, k_agent),
-        }
-
+    stride = teacher_stride(
+        objective.shortcut, float(ac.teacher_rows), int(config.train.batch_size), 'agent'
+    )
+    init_params = functools.partial(world_model.init_world_model_params, wm)
     # PAPER 10.1: the value head is trained only in phase 3; here it stays at its init.
     mask = mask_by_prefix(
-        jax.eval_shape(init_params_all, jax.random.key(0)), (('agent', 'value'),), inside=False
+        jax.eval_shape(init_params, jax.random.key(0)), (('agent', 'value'),), inside=False
     )
-    tx = state_lib.make_optimizer(config.train, trainable_mask=mask)
+    step = AgentStep(
+        wm=wm,
+        tokenizer=Tokenizer(tok_cfg),
+        objective=objective,
+        teacher_stride=stride,
+        tx=state_lib.make_optimizer(config.train, trainable_mask=mask),
+        weights=tuple(weights.items()),
+        rows=tuple((k, str(ac[f'{k}_rows'])) for k in ('bc', 'dynamics', 'reward')),
+        rms_beta=float(ac.rms_beta),
+    )
 
     def init(rng):
-        params = init_params_all(rng)
-        if not bool(ac.from_scratch):
-            # Pretrained weights for every existing leaf; the agent-token embedding is new.
-            params['dynamics'] = overlay(
-                params['dynamics'], dyn_params, 'config.agent.dynamics_workdir'
-            )
-        return state_lib.create_train_state(params, tx, {'rms': losses.init_rms_state(TERMS)})
+        return state_lib.create_train_state(
+            init_params(rng), step.tx, {'rms': losses.init_rms_state(TERMS)}
+        )
 
-    def latents(batch, consts):
-        images = jnp.asarray(batch['image'], jnp.float32) / 255.0
-        z = tok_model.apply({'params': consts['tokenizer']}, images, method=Tokenizer.encode)
-        return jax.lax.stop_gradient(z)
+    def warm_start(state):
+        if bool(ac.from_scratch):  # the BC baseline: the dynamics run fixes only the shapes
+            return state
+        # Pretrained weights for every existing leaf; the agent-token embedding is new.
+        shardings = pretrained.device_shardings(state.params['dynamics'])
+        loaded = dyn_params if dyn_params is not None else dyn_run.params(shardings)
+        return load_into(state, 'dynamics', loaded, 'config.agent.dynamics_workdir')
 
-    def train_step(state, batch, rng, consts):
-        k_task, k_loss = jax.random.split(rng)
-        task_B, relevant_B = row_tasks(batch, num_tasks, k_task)
-        rows = {
-            'bc': _rows(str(ac.bc_rows), relevant_B),
-            'dynamics': _rows(str(ac.dynamics_rows), relevant_B),
-            'reward': _rows(str(ac.reward_rows), relevant_B),
-        }
-        z1 = latents(batch, consts)
+    @functools.cache
+    def frozen_tokenizer():
+        return tok_params if tok_params is not None else tok_run.params()
 
-        def loss_fn(params):
-            terms, logs = finetune_loss(
-                wm, objective, stride, params, z1, batch, task_B, rows, k_loss, use_dynamics
-            )
-            terms = {k: terms[k] for k in weights}
-            total, rms, metrics = losses.update_and_normalize(
-                state.aux['rms'], terms, weights, beta=float(ac.rms_beta)
-            )
-            return total, (rms, {**metrics, **logs})
+    held_out = jax.jit(functools.partial(held_out_metrics, wm, step.tokenizer))
 
-        (_, (rms, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        metrics['grad_norm'] = optax.tree.norm(grads)
-        return state_lib.apply_gradients(state, grads, tx, aux={'rms': rms}), metrics
-
-    held_out = jax.jit(functools.partial(held_out_metrics, wm, tok_model))
-
-    def evaluate(state, step, workdir):
-        del step, workdir
+    def evaluate(state, step_, workdir):
+        del step_, workdir
         batch = data_sources.eval_batch(config)
-        out = held_out(state.params, tok_params, batch, jax.random.key(0))
+        out = held_out(state.params, frozen_tokenizer(), batch, jax.random.key(0))
         return {k: float(v) for k, v in out.items()}
 
     return Phase(
         name='agent',
         init=init,
-        train_step=train_step,
+        train_step=functools.partial(train_step, step),
         evaluate=evaluate,
         make_data=lambda pi, pc: data_sources.train_windows(config, pi, pc, mode=str(ac.data_mode)),
         main_metrics=('loss/total', 'loss/bc', 'loss/reward', 'agent/bc_accuracy_offset0'),
         checked_metrics=tuple(f'loss/{k}' for k in weights) + ('loss/total',),
-        constants=lambda: {'tokenizer': tok_params},
+        constants=lambda: {'tokenizer': frozen_tokenizer()},
+        warm_start=warm_start,
     )

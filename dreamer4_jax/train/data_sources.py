@@ -19,7 +19,7 @@ def train_windows(
     mode: str = 'uniform',
 ) -> Iterator:
     """Endless iterator of this process's share of training windows (grain, checkpointable)."""
-    from dreamer4_jax.data import pipeline
+    from dreamer4_jax.data import pipeline  # deferred: tensorflow_datasets takes seconds to import
 
     return iter(
         pipeline.make_dataset(
@@ -42,7 +42,7 @@ def eval_batch(
     window_length: int | None = None,
 ) -> dict:
     """A fixed batch of held-out windows (same every call: evaluation is comparable over time)."""
-    from dreamer4_jax.data import pipeline
+    from dreamer4_jax.data import pipeline  # deferred, as above
 
     dataset = pipeline.make_dataset(
         config.data,

@@ -27,27 +27,24 @@ Ablations of PAPER 12.3 are fields of config.dynamics too (see model_configs.dyn
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dreamer4_jax import losses, shortcut
+from dreamer4_jax import losses, pretrained, shortcut, world_model
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.dynamics import Dynamics, align_actions, init_params
 from dreamer4_jax.eval import open_loop
-from dreamer4_jax.generation import SamplingConfig
-from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
+from dreamer4_jax.model_configs import shortcut_config_from
+from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.train.loop import Phase
-from dreamer4_jax.model_configs import (
-    dynamics_config_from,
-    shortcut_config_from,
-    tokenizer_config_from,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +95,7 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
             'short_length is set but no long batch would ever run: set long_every >= 1 or '
             'long_only_after >= 0'
         )
-    stride = 0
-    if bool(dc.shortcut) and float(dc.teacher_rows) > 0:
-        stride = int(round(1.0 / float(dc.teacher_rows)))
-        if abs(1.0 / stride - float(dc.teacher_rows)) > 1e-6 or b % stride:
-            bad(
-                f'teacher_rows={dc.teacher_rows} must be 1/s for an integer s dividing '
-                f'train.batch_size={b} (e.g. 1, 0.5, 0.25)'
-            )
+    stride = teacher_stride(bool(dc.shortcut), float(dc.teacher_rows), b, 'dynamics')
     if not 0.0 <= float(dc.independent_fraction) <= 1.0:
         bad(f'independent_fraction={dc.independent_fraction} must be in [0, 1]')
     if not 0.0 <= float(dc.ema_decay) < 1.0:
@@ -123,6 +113,18 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
         float(dc.independent_fraction),
         float(dc.ema_decay),
     )
+
+
+def teacher_stride(uses_shortcut: bool, teacher_rows: float, batch: int, section: str) -> int:
+    """shortcut.teacher_stride for `config.<section>.teacher_rows`, as a config error."""
+    if not uses_shortcut:
+        return 0
+    try:
+        return shortcut.teacher_stride(
+            teacher_rows, batch, f'config.{section}.teacher_rows', 'train.batch_size'
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def is_long_step(plan: Plan, step: jax.Array) -> jax.Array:
@@ -160,21 +162,9 @@ def choose_rows(rng: jax.Array, rows: int, count: int) -> jax.Array:
     return jnp.zeros((rows,), bool).at[jax.random.permutation(rng, rows)[:count]].set(True)
 
 
-def split_teacher_rows(tree, stride: int):
-    """(teacher rows b % stride == 0, the other rows): strided so every device gets its share."""
-
-    def take(x, first):
-        y = x.reshape(x.shape[0] // stride, stride, *x.shape[1:])
-        y = y[:, :1] if first else y[:, 1:]
-        return y.reshape(-1, *x.shape[1:])
-
-    return jax.tree.map(lambda x: take(x, True), tree), jax.tree.map(lambda x: take(x, False), tree)
-
-
-def _put_teacher_rows(full, rows, stride: int):
-    """Inverse of the first half of split_teacher_rows: write `rows` into rows b % stride == 0."""
-    y = full.reshape(full.shape[0] // stride, stride, *full.shape[1:])
-    return y.at[:, 0].set(rows).reshape(full.shape)
+# Kept names (tests call them): the one implementation lives in shortcut.py.
+split_teacher_rows = shortcut.split_teacher_rows
+_put_teacher_rows = shortcut.put_teacher_rows
 
 
 def shortcut_frame_loss(
@@ -190,45 +180,30 @@ def shortcut_frame_loss(
 ):
     """Shortcut-forcing loss over all rows (PAPER 6.3); returns (mean per-frame loss, logs).
 
-    One main pass over every row (the only one with gradients). Bootstrap frames live only in
-    the teacher rows (every `teacher_stride`-th row); the other rows are flow rows (d = d_min),
-    and the two stop-gradient teacher passes run on the teacher rows alone.
+    Independent rows (PAPER 6.5) are trained as separate images: time attention only to the
+    frame itself, and no action led to them. Bootstrap frames live only in every
+    `teacher_stride`-th row (shortcut.teacher_rows_loss_terms).
     """
-    b, t = z1_BTNC.shape[:2]
-    k_ind, k_noise, k_teacher, k_flow = jax.random.split(rng, 4)
+    b = z1_BTNC.shape[0]
+    k_ind, k_noise, k_terms = jax.random.split(rng, 3)
     independent_B = choose_rows(k_ind, b, num_independent)
     has_BT = has_BT & ~independent_B[:, None]  # separate images: no action led to them
     noise = jax.random.normal(k_noise, z1_BTNC.shape, jnp.float32)
-    stride = plan.teacher_stride
-    flow_cfg = dataclasses.replace(objective, shortcut=False)
-    cfg = objective if stride else flow_cfg
-    tau, d = shortcut.sample_training_tau_d(k_teacher if stride else k_flow, (b, t), cfg)
-    if stride > 1:
-        tau_f, d_f = shortcut.sample_training_tau_d(k_flow, (b, t), flow_cfg)
-        teacher_B = jnp.arange(b) % stride == 0
-        tau = jnp.where(teacher_B[:, None], tau, tau_f)
-        d = jnp.where(teacher_B[:, None], d, d_f)
 
-    def predict(z, tau, d):
+    def apply_rows(z, tau, d, rows):
+        acts, has, independent = rows
         return model.apply(
-            {'params': params}, z, tau, d, actions, has_BT, independent_frames_B=independent_B
+            {'params': params}, z, tau, d, acts, has, independent_frames_B=independent
         )[0]
 
-    teacher_predict = None
-    if stride > 1:
-        sub_acts, sub_has, sub_ind = split_teacher_rows((actions, has_BT, independent_B), stride)[0]
-
-        def teacher_predict(z, tau, d):
-            zs, taus, ds = split_teacher_rows((z, tau, d), stride)[0]
-            out = model.apply(
-                {'params': params}, zs, taus, ds, sub_acts, sub_has, independent_frames_B=sub_ind
-            )[0]
-            # Rows without bootstrap frames: a neutral finite output (zero velocity).
-            neutral = z if objective.prediction == 'x' else jnp.zeros_like(z)
-            return _put_teacher_rows(neutral, out, stride)
-
-    terms = shortcut.shortcut_loss_terms(
-        predict, z1_BTNC, noise, tau, d, cfg, teacher_predict=teacher_predict
+    terms = shortcut.teacher_rows_loss_terms(
+        apply_rows,
+        (actions, has_BT, independent_B),
+        z1_BTNC,
+        noise,
+        k_terms,
+        objective,
+        plan.teacher_stride,
     )
     n_flow = jnp.maximum(terms['flow_mask'].sum(), 1.0)
     n_boot = jnp.maximum(terms['bootstrap_mask'].sum(), 1.0)
@@ -245,38 +220,100 @@ def ema_update(ema, params, decay: float):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def load_tokenizer(config: ml_collections.ConfigDict) -> tuple[dict, TokenizerConfig]:
-    """Frozen tokenizer params and config from config.dynamics.tokenizer_workdir."""
-    from dreamer4_jax.checkpoint import load_trained
+@dataclasses.dataclass(frozen=True)
+class DynamicsStep:
+    """The static pieces of a dynamics train step (bound with functools.partial)."""
 
-    where = str(config.dynamics.tokenizer_workdir)
-    if not where:
-        raise ConfigError(
-            'config.dynamics.tokenizer_workdir is empty: point it at the workdir '
-            'of a finished tokenizer run (phase 1a) whose latents the dynamics '
-            'model learns.'
+    model: Dynamics
+    tokenizer: Tokenizer
+    objective: shortcut.ShortcutConfig
+    plan: Plan
+    tx: optax.GradientTransformation
+    latents: str  # 'on_the_fly' (encode images in the step) or 'batch' (pre-computed)
+    rms_beta: float
+
+
+def batch_latents(s: DynamicsStep, rows: dict, consts: dict) -> jax.Array:
+    """Clean latents of a batch: pre-computed ones, or the frozen tokenizer's encoding."""
+    if s.latents == 'batch':
+        return jnp.asarray(rows['latents'], jnp.float32)
+    return world_model.encode_frames(s.tokenizer, consts['tokenizer'], rows['image'])
+
+
+def train_step(s: DynamicsStep, state, batch, rng, consts):
+    """One shortcut-forcing step (PAPER 6) with alternating batch lengths (PAPER 6.5)."""
+    plan = s.plan
+    acts, has = align_actions(batch['action'], batch['has_action'], batch.get('is_first'))
+    key = 'latents' if s.latents == 'batch' else 'image'
+    if key not in batch:
+        raise ValueError(
+            f'config.dynamics.latents={s.latents!r} needs batches with {key!r}; got keys '
+            f"{sorted(batch)}. Use latents='on_the_fly' with image data."
         )
-    params, tok_config = load_trained(where)
-    return params, tokenizer_config_from(tok_config.tokenizer)
+    frames = {key: batch[key]}
+
+    def run(length):
+        # Rows of this length first, then the tokenizer: a cropped step encodes less.
+        rows, a, h = to_length((frames, acts, has), length, plan.short_mode)
+        z1 = batch_latents(s, rows, consts)
+
+        def loss_fn(params):
+            mean, logs = shortcut_frame_loss(
+                s.model, params, s.objective, plan, z1, a, h, rng, plan.num_independent(length)
+            )
+            total, rms, metrics = losses.update_and_normalize(
+                state.aux['rms'], {'dynamics': mean}, None, beta=s.rms_beta
+            )
+            return total, (rms, {**metrics, **logs})
+
+        (_, (rms, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return grads, rms, metrics
+
+    long = is_long_step(plan, state.step)
+    if plan.alternating:
+        grads, rms, metrics = jax.lax.cond(
+            long, lambda: run(plan.long_length), lambda: run(plan.short_length)
+        )
+    else:
+        grads, rms, metrics = run(plan.long_length)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    metrics['long_batch'] = long.astype(jnp.float32)
+    new = state_lib.apply_gradients(state, grads, s.tx, aux={**state.aux, 'rms': rms})
+    if plan.ema_decay > 0:
+        new = new.replace(
+            aux={**new.aux, 'ema': ema_update(state.aux['ema'], new.params, plan.ema_decay)}
+        )
+    return new, metrics
 
 
 def make_phase(
-    config: ml_collections.ConfigDict, tokenizer: tuple[dict, TokenizerConfig] | None = None
+    config: ml_collections.ConfigDict,
+    tokenizer: tuple[Any, Any] | None = None,
+    *,
+    load=pretrained.load,
 ) -> Phase:
-    """The dynamics phase; `tokenizer` = (params, TokenizerConfig) skips loading (tests)."""
+    """The dynamics phase on the tokenizer run of `config.dynamics.tokenizer_workdir`.
+
+    `load(workdir, expect=...)` finds earlier runs (`pretrained.load`; ahead-of-time compilation
+    passes abstract ones). `tokenizer` = (params, TokenizerConfig) skips loading (tests).
+    """
     dc = config.dynamics
-    tok_params, tok_cfg = tokenizer if tokenizer is not None else load_tokenizer(config)
-    model = Dynamics(dynamics_config_from(dc, tok_cfg))
-    objective = shortcut_config_from(dc)
+    if tokenizer is not None:
+        tok_params, tok_cfg = tokenizer
+    else:
+        tok_run = load(pretrained.earlier_workdir(config), expect='tokenizer')
+        tok_cfg, tok_params = tok_run.tokenizer_config(), None
+    model = world_model.dynamics_of(dc, tok_cfg)
     plan = make_plan(config)
-    tx = state_lib.make_optimizer(config.train)
     tok_model = Tokenizer(tok_cfg)
-    sampling = SamplingConfig(
-        num_steps=int(dc.sampling_steps),
-        context_signal=float(dc.context_signal),
-        prediction=str(dc.prediction),
-        # Plain diffusion forcing never trained the d embedding beyond d_min.
-        network_d=None if bool(dc.shortcut) else 1.0 / int(dc.k_max),
+    step = DynamicsStep(
+        model=model,
+        tokenizer=tok_model,
+        objective=shortcut_config_from(dc),
+        plan=plan,
+        tx=state_lib.make_optimizer(config.train),
+        latents=str(dc.latents),
+        rms_beta=float(dc.rms_beta),
     )
 
     def init(rng):
@@ -284,81 +321,35 @@ def make_phase(
         aux = {'rms': losses.init_rms_state(['dynamics'])}
         if plan.ema_decay > 0:
             aux['ema'] = params
-        return state_lib.create_train_state(params, tx, aux)
+        return state_lib.create_train_state(params, step.tx, aux)
 
-    def latents(batch, consts):
-        if str(dc.latents) == 'batch':
-            return jnp.asarray(batch['latents'], jnp.float32)
-        images = jnp.asarray(batch['image'], jnp.float32) / 255.0
-        z = tok_model.apply({'params': consts['tokenizer']}, images, method=Tokenizer.encode)
-        return jax.lax.stop_gradient(z)
+    @functools.cache
+    def frozen_tokenizer():
+        return tok_params if tok_params is not None else tok_run.params()
 
-    def train_step(state, batch, rng, consts):
-        acts, has = align_actions(batch['action'], batch['has_action'], batch.get('is_first'))
-        key = 'latents' if str(dc.latents) == 'batch' else 'image'
-        if key not in batch:
-            raise ValueError(
-                f'config.dynamics.latents={dc.latents!r} needs batches with {key!r}; got keys '
-                f"{sorted(batch)}. Use latents='on_the_fly' with image data."
-            )
-        frames = {key: batch[key]}
+    evaluator = open_loop.OpenLoopEvaluator(model, tok_model, world_model.sampling_config(dc))
 
-        def run(length):
-            # Rows of this length first, then the tokenizer: a cropped step encodes less.
-            rows, a, h = to_length((frames, acts, has), length, plan.short_mode)
-            z1 = latents(rows, consts)
-
-            def loss_fn(params):
-                mean, logs = shortcut_frame_loss(
-                    model, params, objective, plan, z1, a, h, rng, plan.num_independent(length)
-                )
-                total, rms, metrics = losses.update_and_normalize(
-                    state.aux['rms'], {'dynamics': mean}, None, beta=float(dc.rms_beta)
-                )
-                return total, (rms, {**metrics, **logs})
-
-            (_, (rms, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-            return grads, rms, metrics
-
-        long = is_long_step(plan, state.step)
-        if plan.alternating:
-            grads, rms, metrics = jax.lax.cond(
-                long, lambda: run(plan.long_length), lambda: run(plan.short_length)
-            )
-        else:
-            grads, rms, metrics = run(plan.long_length)
-        metrics['grad_norm'] = optax.tree.norm(grads)
-        metrics['long_batch'] = long.astype(jnp.float32)
-        new = state_lib.apply_gradients(state, grads, tx, aux={**state.aux, 'rms': rms})
-        if plan.ema_decay > 0:
-            new = new.replace(
-                aux={**new.aux, 'ema': ema_update(state.aux['ema'], new.params, plan.ema_decay)}
-            )
-        return new, metrics
-
-    evaluator = open_loop.OpenLoopEvaluator(model, tok_model, sampling)
-
-    def evaluate(state, step, workdir):
+    def evaluate(state, step_, workdir):
         batch = data_sources.eval_batch(config)
         params = state.aux['ema'] if plan.ema_decay > 0 else state.params
         return evaluator(
             params,
-            tok_params,
+            frozen_tokenizer(),
             batch,
             context=int(dc.eval_context),
             horizon=int(dc.eval_horizon) or None,
             rng=jax.random.key(0),
-            video_path=os.path.join(workdir, 'eval', f'open_loop_{step:06d}.gif'),
+            video_path=os.path.join(workdir, 'eval', f'open_loop_{step_:06d}.gif'),
             num_videos=int(dc.eval_videos),
         )
 
     return Phase(
         name='dynamics',
         init=init,
-        train_step=train_step,
+        train_step=functools.partial(train_step, step),
         make_data=lambda pi, pc: data_sources.train_windows(config, pi, pc),
         evaluate=evaluate,
         main_metrics=('loss/total', 'flow_mse', 'bootstrap_mse'),
         checked_metrics=('loss/total', 'loss/dynamics'),
-        constants=lambda: {'tokenizer': tok_params},
+        constants=lambda: {'tokenizer': frozen_tokenizer()},
     )

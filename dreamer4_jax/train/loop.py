@@ -43,6 +43,9 @@ class Phase:
     constants() -> pytree of frozen arrays (LPIPS weights, a frozen tokenizer) that the step
       takes as a 4th argument, train_step(state, batch, rng, constants): passed as jit
       arguments, never closed over (closing over large weights makes XLA constant-fold them).
+    warm_start(state) -> state: puts an earlier phase's weights into a fresh, already sharded
+      state (run once, before step 0; never on resume). `init` itself never reads a checkpoint,
+      so the state's layout is known without one (ahead-of-time compilation).
     """
 
     name: str
@@ -54,6 +57,7 @@ class Phase:
     # Metric names checked for finiteness; default: every metric whose name contains 'loss'.
     checked_metrics: Sequence[str] | None = None
     constants: Callable[[], Any] | None = None
+    warm_start: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -132,6 +136,9 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
         state, step_rng = ckpt.restore(latest, abstract, data, config)
         start = latest
         writer.message(f'resumed from {ckpt.directory}/{latest}')
+    elif phase.warm_start is not None:
+        with jax.set_mesh(mesh):
+            state = phase.warm_start(state)
 
     batch_sharding = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)

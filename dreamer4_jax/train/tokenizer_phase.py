@@ -8,20 +8,21 @@ high mask rate, plus a PNG grid (originals over reconstructions) per evaluation.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from dreamer4_jax import losses
+from dreamer4_jax import losses, world_model
 from dreamer4_jax.eval import images as image_io
 from dreamer4_jax.tokenizer import Tokenizer, sample_patch_mask
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
 from dreamer4_jax.train.loop import Phase
-from dreamer4_jax.model_configs import tokenizer_config_from
 
 
 def frames_to_float(image_BTHWC: jax.Array) -> jax.Array:
@@ -55,24 +56,23 @@ def make_loss_fn(model: Tokenizer, lpips_apply, config: ml_collections.ConfigDic
     return loss_fn
 
 
+def train_step(model_loss, tx, state, batch, rng, consts):
+    """One tokenizer step (PAPER 4.3): masked autoencoding, RMS-normalized MSE + LPIPS."""
+    grad_fn = jax.value_and_grad(model_loss, has_aux=True)
+    (_, (rms, metrics)), grads = grad_fn(state.params, state.aux, batch, rng, consts['lpips'])
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    return state_lib.apply_gradients(state, grads, tx, aux={'rms': rms}), metrics
+
+
 def make_phase(config: ml_collections.ConfigDict) -> Phase:
-    tcfg = tokenizer_config_from(config.tokenizer)
-    model = Tokenizer(tcfg)
+    model = world_model.tokenizer_of(config.tokenizer)
     tx = state_lib.make_optimizer(config.train)
     lpips_apply, lpips_params = losses.load_lpips(config.tokenizer.lpips_net)
-    loss_fn = make_loss_fn(model, lpips_apply, config)
 
     def init(rng):
-        dummy = jnp.zeros((1, 1, tcfg.height, tcfg.width, 3), jnp.float32)
-        params = model.init(rng, dummy)['params']
+        params = world_model.init_tokenizer_params(model, rng)
         aux = {'rms': losses.init_rms_state(['mse', 'lpips'])}
         return state_lib.create_train_state(params, tx, aux)
-
-    def train_step(state, batch, rng, consts):
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, (rms, metrics)), grads = grad_fn(state.params, state.aux, batch, rng, consts['lpips'])
-        metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
-        return state_lib.apply_gradients(state, grads, tx, aux={'rms': rms}), metrics
 
     reconstruct = jax.jit(lambda p, x, m: model.apply({'params': p}, x, m)[0])
 
@@ -82,7 +82,7 @@ def make_phase(config: ml_collections.ConfigDict) -> Phase:
     return Phase(
         name='tokenizer',
         init=init,
-        train_step=train_step,
+        train_step=functools.partial(train_step, make_loss_fn(model, lpips_apply, config), tx),
         make_data=lambda pi, pc: data_sources.train_windows(config, pi, pc),
         evaluate=evaluate,
         main_metrics=('loss/total', 'loss/mse', 'loss/lpips'),

@@ -6,6 +6,8 @@ logical axis names as the real models ('embed', 'mlp') so every mesh axis is use
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import grain
 import jax
@@ -56,6 +58,18 @@ def make_toy_dataset(config, process_index: int, process_count: int):
     return iter(ds)
 
 
+def train_step(model: ToyMLP, tx, state, batch, rng):
+    """One regression step; deterministic model (the key is still threaded for uniformity)."""
+    del rng
+
+    def loss_fn(params):
+        pred = model.apply({'params': params}, batch['x'])
+        return jnp.mean((pred - batch['y']) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state_lib.apply_gradients(state, grads, tx), {'loss': loss}
+
+
 def make_phase(config: ml_collections.ConfigDict) -> Phase:
     c = config.toy
     model = ToyMLP(width=int(c.width), out_dim=int(c.out_dim))
@@ -65,19 +79,10 @@ def make_phase(config: ml_collections.ConfigDict) -> Phase:
         params = model.init(rng, jnp.zeros((1, int(c.in_dim))))['params']
         return state_lib.create_train_state(params, tx)
 
-    def loss_fn(params, batch):
-        pred = model.apply({'params': params}, batch['x'])
-        return jnp.mean((pred - batch['y']) ** 2)
-
-    def train_step(state, batch, rng):
-        del rng  # deterministic model; the key is still threaded for uniformity
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-        return state_lib.apply_gradients(state, grads, tx), {'loss': loss}
-
     return Phase(
         name='toy',
         init=init,
-        train_step=train_step,
+        train_step=functools.partial(train_step, model, tx),
         make_data=lambda pi, pc: make_toy_dataset(config, pi, pc),
         main_metrics=('loss',),
     )

@@ -1,8 +1,9 @@
-"""Parameters carried from one phase into the next: overlay a checkpoint, freeze by path.
+"""Parameters carried from one phase into the next: load into a fresh state, freeze by path.
 
 Phase 2 starts from the dynamics checkpoint plus new parameters (agent tokens, heads); phase 3
-trains only two heads of the phase-2 model. Both need the same two tree operations, on boxed
-(logically partitioned) parameter trees so the loaded values keep their shardings.
+trains only two heads of the phase-2 model. The fresh state is created sharded first; the loaded
+weights are restored onto the same shardings and swapped in (`load_into`), so nothing full-size
+sits on one device and `init` never reads a checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamer4_jax.config_checks import ConfigError
+from dreamer4_jax import pretrained
 
 
 def mask_by_prefix(tree: Any, prefixes: tuple[tuple[str, ...], ...], inside: bool) -> Any:
@@ -30,38 +31,22 @@ def _is_box(x) -> bool:
     return isinstance(x, nn.Partitioned)
 
 
-def overlay(fresh: Any, loaded: Any, where: str) -> Any:
-    """`fresh` (boxed) with every leaf that `loaded` has replaced by the loaded value.
+def load_into(state: Any, part: str | None, loaded: Any, where: str) -> Any:
+    """`state` with the earlier phase's `loaded` weights in place of fresh ones (warm start).
 
-    Leaves only in `fresh` (new parameters such as the agent-token embedding) keep their init;
-    a loaded leaf with another shape or with no place in `fresh` is an architecture mismatch.
+    part: the top-level key of state.params they belong to (None: all of params). Leaves only in
+    the fresh state (new agent tokens, heads) keep their init; the optimizer state needs no
+    change (Adam's moments start at zero either way). An EMA in state.aux restarts from the
+    loaded weights.
     """
-    flat = {
-        tuple(getattr(p, 'key', p) for p in path): v
-        for path, v in jax.tree_util.tree_flatten_with_path(loaded)[0]
-    }
-    used = set()
-
-    def one(path, leaf):
-        key = tuple(getattr(p, 'key', p) for p in path)
-        if key not in flat:
-            return leaf
-        used.add(key)
-        value = leaf.value if _is_box(leaf) else leaf
-        new = jnp.asarray(flat[key], value.dtype)
-        if new.shape != value.shape:
-            raise ConfigError(
-                f'{where}: parameter {"/".join(key)} has shape {new.shape} in the '
-                f'checkpoint but {value.shape} in this model; the architecture '
-                "must match the checkpoint's saved config."
-            )
-        return leaf.replace_boxed(new) if _is_box(leaf) else new
-
-    out = jax.tree_util.tree_map_with_path(one, fresh, is_leaf=_is_box)
-    extra = sorted('/'.join(k) for k in set(flat) - used)
-    if extra:
-        raise ConfigError(
-            f'{where}: checkpoint parameters {extra[:5]} have no place in this '
-            'model; it was built from another architecture.'
-        )
-    return out
+    if part is None:
+        params = pretrained.replace_leaves(state.params, loaded, where)
+    else:
+        params = {
+            **state.params,
+            part: pretrained.replace_leaves(state.params[part], loaded, where),
+        }
+    aux = state.aux
+    if isinstance(aux, dict) and 'ema' in aux:
+        aux = {**aux, 'ema': jax.tree.map(jnp.copy, params)}
+    return state.replace(params=params, aux=aux)
