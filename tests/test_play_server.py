@@ -200,13 +200,13 @@ def test_headless_chromium_key_press_makes_a_new_frame(served):
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         try:
             driver.get(f'http://127.0.0.1:{served}/')
-            wait = WebDriverWait(driver, 60)
+            wait = WebDriverWait(driver, 120)  # generous: CI machines are shared
 
             def text(element_id):
                 return driver.find_element(By.ID, element_id).text
 
-            def src(element_id):
-                return driver.find_element(By.ID, element_id).get_attribute('src')
+            def src(element_id):  # '' until the page has set it
+                return driver.find_element(By.ID, element_id).get_attribute('src') or ''
 
             wait.until(lambda d: src('frame').startswith('data:image/png') and text('counter'))
             assert text('counter') == '0'

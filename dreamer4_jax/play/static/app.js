@@ -2,6 +2,9 @@
 // Key presses -> POST /api/step, one at a time (up to 4 queued); each answer carries the new frame.
 const $ = (id) => document.getElementById(id);
 const MAX_QUEUE = 4;
+const KEY_LABELS = {
+  ' ': 'space', ArrowLeft: '\u2190', ArrowRight: '\u2192', ArrowUp: '\u2191', ArrowDown: '\u2193',
+};
 let info = null;
 const queue = [];
 let busy = false;
@@ -59,7 +62,8 @@ function setup(s) {
   s.actions.forEach((name) => {
     const keys = Object.keys(s.keys).filter((k) => s.keys[k] === name);
     const row = legend.insertRow();
-    row.insertCell().innerHTML = keys.map((k) => `<kbd>${k === ' ' ? 'space' : k}</kbd>`).join(' ');
+    const shown = (k) => KEY_LABELS[k] || k;
+    row.insertCell().innerHTML = keys.map((k) => `<kbd>${shown(k)}</kbd>`).join(' ');
     row.insertCell().textContent = name;
   });
 }
