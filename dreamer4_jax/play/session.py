@@ -8,12 +8,13 @@ with K shortcut steps that read the cache, commits it (at the context signal lev
 gives h_t, from which the reward head predicts the prompted task's reward (PAPER 9.2). Optionally
 the real environment takes the same actions from the same world, for a side-by-side view.
 
-Every call into the model modules sits in the few functions below `PlayModel`
-(`load_model`, `_decode_step`, `_commit_first`, `_generate`), so they can follow the modules as
-they move. Key schedule: reset(seed) uses fold_in(key(seed), 1) split into (context, generation)
-keys exactly as `generation.rollout`, and step h uses fold_in(generation key, h); so the frames of
-a session equal `generation.rollout(..., cached=False)` from the same first frame and actions
-(tested).
+Every call into the model modules sits in the few small functions below `PlayModel`
+(`load_model`, `_encode`, `_decode_step`, `_decoder_cache`, `_commit_first`, `_generate`), so they
+can follow those modules as they move.
+
+Key schedule: reset(seed) uses fold_in(key(seed), 1) split into (context, generation) keys exactly
+as `generation.rollout`, and step h uses fold_in(generation key, h); so the frames of a session
+equal `generation.rollout(..., cached=False)` from the same first frame and actions (tested).
 
 Dimension keys: B batch (1 here), N latents, C channels, H, W frame size.
 """
@@ -40,7 +41,7 @@ from dreamer4_jax.tokenizer import Tokenizer, unpatchify
 Array = jax.Array
 
 # Which run of a demo workdir (runs/demo/<stage>/) to play, best first: the later phases add the
-# reward head; the world model's frames are the same in all three.
+# reward head (the agent phase also finetunes the dynamics model, PAPER 9.3; imagination keeps it).
 RUN_PREFERENCE = ('imagination', 'agent', 'dynamics')
 AGENT_PHASES = ('agent', 'imagination')
 
