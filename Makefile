@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo play test lint format bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m dreamer4_jax.demo --workdir=$(WORKDIR)
+
+play: $(STAMP)
+	$(PY) -m dreamer4_jax.play --workdir=$(WORKDIR) $(PLAY_FLAGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

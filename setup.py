@@ -7,6 +7,7 @@ setup(
     version='0.1.0',
     description='Dreamer 4 (Hafner, Yan, Lillicrap 2025) in JAX/Flax: world model + imagination RL',
     packages=find_packages(include=['dreamer4_jax', 'dreamer4_jax.*']),
+    package_data={'dreamer4_jax.play': ['static/*']},
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.10.0,<0.11',
@@ -28,9 +29,11 @@ setup(
         'imageio>=2.34',
         'av>=12',
         'tqdm>=4.66',
+        'flask>=3.1',  # the play page (python -m dreamer4_jax.play)
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
-        'dev': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
+        # selenium drives Debian's chromium + chromium-driver in the play page test.
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'selenium>=4.20'],
+        'dev': ['pytest>=8', 'pytest-xdist>=3.5', 'selenium>=4.20', 'ruff>=0.6'],
     },
 )
