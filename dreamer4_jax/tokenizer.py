@@ -96,6 +96,17 @@ def new_encoder_cache(config: TokenizerConfig, batch: int, max_frames: int) -> K
     )
 
 
+def new_decoder_cache(config: TokenizerConfig, batch: int, max_frames: int) -> KVCache:
+    """Empty KV cache of the decoder for `Tokenizer.decode_step` (as `new_encoder_cache`)."""
+    window = config.decoder.time_window
+    return init_cache(
+        config.decoder,
+        config.num_latents + config.num_patches,
+        batch,
+        None if window is not None else max(max_frames - 1, 0),
+    )
+
+
 def sample_patch_mask(
     rng: jax.Array, shape_BT: tuple[int, int], num_patches: int, max_prob: float
 ) -> jax.Array:
@@ -184,16 +195,31 @@ class Tokenizer(nn.Module):
         )
         return self._bottleneck(h_BTSD), cache
 
-    def decode(self, z_BTNC: jax.Array) -> jax.Array:
-        """Latents -> images [B,T,H,W,3] (unclipped; in [0, 1] after training)."""
-        c = self.config
+    def _decoder_tokens(self, z_BTNC: jax.Array) -> jax.Array:
+        """Frame blocks of the decoder: N latents (projected up), then P read-out tokens."""
         lat_BTNE = self.latent_in(z_BTNC)
         b, t = lat_BTNE.shape[:2]
         read_BTPE = jnp.broadcast_to(self.readout_tokens, (b, t, *self.readout_tokens.shape))
-        h_BTSE = constrain(jnp.concatenate([lat_BTNE, read_BTPE], axis=2), ACT)
-        h_BTSE = self.decoder(h_BTSE)
+        return constrain(jnp.concatenate([lat_BTNE, read_BTPE], axis=2), ACT)
+
+    def _pixels(self, h_BTSE: jax.Array) -> jax.Array:
+        c = self.config
         pix_BTPQ = self.pixels_out(h_BTSE[:, :, c.num_latents :])
         return (unpatchify(pix_BTPQ, c.patch, c.height, c.width) + 1.0) * 0.5
+
+    def decode(self, z_BTNC: jax.Array) -> jax.Array:
+        """Latents -> images [B,T,H,W,3] (unclipped; in [0, 1] after training)."""
+        return self._pixels(self.decoder(self._decoder_tokens(z_BTNC)))
+
+    def decode_step(self, z_BTNC: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """`decode` of T new frames after the frames held in the decoder's KV cache.
+
+        The decoder is causal in time (read-outs of frame t read latents of frames <= t), so a
+        generated frame is decoded after the frames before it; frame by frame this equals the
+        last frames of `decode` over the whole sequence (tested).
+        """
+        h_BTSE, cache = self.decoder.step(self._decoder_tokens(z_BTNC), cache, commit=True)
+        return self._pixels(h_BTSE), cache
 
     def __call__(self, images_BTHWC: jax.Array, mask_BTP: jax.Array | None = None):
         """Returns (reconstruction_BTHWC, z_BTNC)."""

@@ -1,7 +1,7 @@
 """Tiny tokenizer / dynamics / agent runs saved as real checkpoints, and a fast fake env.
 
 The runs are randomly initialised (no training): enough to load them the way the play command
-does (checkpoint.load_trained from the saved configs) and to check shapes, caches and the
+does (pretrained.load from the saved configs) and to check shapes, caches and the
 server in seconds.
 """
 

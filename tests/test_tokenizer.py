@@ -1,5 +1,6 @@
 """Causal tokenizer (PAPER 4): shapes, patchify, causality, masking, bottleneck, overfitting."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import (
     Tokenizer,
     TokenizerConfig,
+    new_decoder_cache,
     patchify,
     sample_patch_mask,
     unpatchify,
@@ -135,3 +137,23 @@ def test_overfits_a_small_batch():
         params, opt, loss = step(params, opt)
     psnr = 10 * np.log10(1.0 / float(loss))
     assert psnr > 24.0, psnr
+
+
+def test_decode_step_equals_full_sequence_decode():
+    """Frame-by-frame decoding with the decoder's KV cache equals decoding the whole sequence."""
+    tc = TransformerConfig(width=16, depth=2, num_heads=2, time_every=2)
+    cfg = TokenizerConfig(
+        height=16, width=16, patch=8, num_latents=4, latent_dim=3, encoder=tc, decoder=tc
+    )
+    tok = Tokenizer(cfg)
+    x = jnp.zeros((1, 1, 16, 16, 3))
+    params = jax.jit(lambda k: nn.unbox(tok.init(k, x)))(jax.random.key(1))['params']
+    z = jax.random.uniform(jax.random.key(2), (2, 4, 4, 3), minval=-1, maxval=1)
+    full = tok.apply({'params': params}, z, method=Tokenizer.decode)
+    step = jax.jit(lambda p, z, c: tok.apply({'params': p}, z, c, method=Tokenizer.decode_step))
+    cache = new_decoder_cache(cfg, 2, max_frames=4)
+    frames = []
+    for t in range(4):
+        pix, cache = step(params, z[:, t : t + 1], cache)
+        frames.append(pix)
+    np.testing.assert_allclose(jnp.concatenate(frames, 1), full, atol=1e-5)

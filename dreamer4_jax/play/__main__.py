@@ -50,6 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Deferred: flags are checked (and --help answers) before jax and the models load.
     from dreamer4_jax.play.server import LOOPBACK, create_app, make_play_server
     from dreamer4_jax.play.session import PlaySession, find_run, load_model
 

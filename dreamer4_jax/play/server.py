@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 import flask
+import imageio.v3 as iio
 import numpy as np
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -70,8 +71,6 @@ log = logging.getLogger(__name__)
 
 
 def png_data_url(frame: np.ndarray) -> str:
-    import imageio.v3 as iio
-
     png = iio.imwrite('<bytes>', np.asarray(frame, np.uint8), extension='.png')
     return 'data:image/png;base64,' + base64.b64encode(png).decode('ascii')
 

@@ -28,15 +28,17 @@ import os
 import time
 from typing import Any
 
-import flax.linen as nn
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer4_jax import generation, imagination
+from dreamer4_jax import generation, imagination, pretrained, world_model
 from dreamer4_jax.dynamics import Dynamics, dummy_actions
-from dreamer4_jax.nn import KVCache, init_cache
-from dreamer4_jax.tokenizer import Tokenizer, unpatchify
+from dreamer4_jax.envs import craftax
+from dreamer4_jax.eval.closed_loop import load_agent_policy
+from dreamer4_jax.nn import KVCache
+from dreamer4_jax.tokenizer import Tokenizer, new_decoder_cache
 
 Array = jax.Array
 
@@ -99,30 +101,27 @@ class PlayModel:
 
 
 def load_model(run_dir: str) -> tuple[PlayModel, dict, Any]:
-    """(PlayModel, params, run config) of a dynamics, agent or imagination run folder."""
-    from dreamer4_jax.checkpoint import load_trained
-    from dreamer4_jax.eval.closed_loop import load_agent_policy
-    from dreamer4_jax.model_configs import dynamics_config_from
-    from dreamer4_jax.train.dynamics_phase import load_tokenizer
+    """(PlayModel, params, run config) of a dynamics, agent or imagination run folder.
 
-    params, run = load_trained(run_dir)
+    Weights come through `pretrained` (the EMA weights where the run keeps them, as the
+    dynamics phase samples with them).
+    """
+    run = pretrained.load(run_dir)
     if run.phase in AGENT_PHASES:
         policy, params = load_agent_policy(run_dir, sample=False)
         wm = policy.wm
         model = PlayModel(policy.tokenizer, wm.dynamics, wm.sampling, wm, policy.context)
     elif run.phase == 'dynamics':
-        tok_params, tok_cfg = load_tokenizer(run)
-        dc = run.dynamics
-        # As the dynamics phase samples (dynamics_phase.make_phase).
-        sampling = generation.SamplingConfig(
-            num_steps=int(dc.sampling_steps),
-            context_signal=float(dc.context_signal),
-            prediction=str(dc.prediction),
-            network_d=None if bool(dc.shortcut) else 1.0 / int(dc.k_max),
+        tok_run = run.earlier()
+        tok_cfg = tok_run.tokenizer_config()
+        model = PlayModel(
+            Tokenizer(tok_cfg),
+            world_model.dynamics_of(run.config.dynamics, tok_cfg),
+            world_model.sampling_config(run.config.dynamics),
+            None,
+            int(run.config.data.window_length),
         )
-        dynamics = Dynamics(dynamics_config_from(dc, tok_cfg))
-        model = PlayModel(Tokenizer(tok_cfg), dynamics, sampling, None, int(run.data.window_length))
-        params = {'tokenizer': tok_params, 'dynamics': params}
+        params = {'tokenizer': tok_run.params(), 'dynamics': run.params()}
     else:
         raise ValueError(
             f'{run_dir} holds a {run.phase!r} run; play needs a dynamics, agent or imagination '
@@ -131,30 +130,14 @@ def load_model(run_dir: str) -> tuple[PlayModel, dict, Any]:
     comps = model.dynamics.config.actions
     if len(comps) != 1 or comps[0][1] != 'categorical':
         raise ValueError(f'play sends one categorical action per key; {run_dir} has {comps}')
-    return model, params, run
+    return model, params, run.config
 
 
 def _decode_step(
     tok: Tokenizer, params: Any, z_B1NC: Array, cache: KVCache
 ) -> tuple[Array, KVCache]:
-    """Tokenizer.decode of one new frame per row, reading and extending the decoder's KV cache.
-
-    The decoder is causal in time (read-outs of frame t read latents of frames <= t), so a
-    frame is decoded after the frames before it, as open-loop evaluation decodes whole
-    sequences; equal to the last frame of `Tokenizer.decode` over the sequence (tested).
-    """
-
-    def run(module: Tokenizer, z, cache):
-        c = module.config
-        lat = module.latent_in(z)
-        read = jnp.broadcast_to(
-            module.readout_tokens, (*lat.shape[:2], *module.readout_tokens.shape)
-        )
-        h, cache = module.decoder.step(jnp.concatenate([lat, read], axis=2), cache, commit=True)
-        pix = module.pixels_out(h[:, :, c.num_latents :])
-        return (unpatchify(pix, c.patch, c.height, c.width) + 1.0) * 0.5, cache
-
-    return nn.apply(run, tok)({'params': params}, z_B1NC, cache)
+    """`Tokenizer.decode_step` of one new frame per row (the decoder is causal in time)."""
+    return tok.apply({'params': params}, z_B1NC, cache, method=Tokenizer.decode_step)
 
 
 def _encode(tok: Tokenizer, params: Any, frame_HWC: Array) -> Array:
@@ -202,10 +185,7 @@ def _generate(
 
 
 def _decoder_cache(model: PlayModel) -> KVCache:
-    c = model.tokenizer.config
-    return init_cache(
-        c.decoder, c.num_latents + c.num_patches, 1, model.max_frames(c.decoder.time_window)
-    )
+    return new_decoder_cache(model.tokenizer.config, 1, model.context)
 
 
 def _to_uint8(pixels: Array) -> Array:
@@ -266,8 +246,6 @@ class PlaySession:
         action_names: tuple[str, ...] | None = None,
         max_record: int = 2048,
     ):
-        from dreamer4_jax.envs import craftax
-
         self.model, self.params = model, params
         self.env = env if env is not None else craftax.CraftaxEnv()
         self.real_env = real_env
@@ -364,8 +342,6 @@ class PlaySession:
 
     def export(self, fmt: str, fps: int = 8, scale: int = 4) -> bytes:
         """The recorded frames (generated | real when side by side) as GIF or MP4 bytes."""
-        import imageio.v3 as iio
-
         if fmt not in ('gif', 'mp4'):
             raise ValueError(f"export format must be 'gif' or 'mp4', got {fmt!r}")
         if not self.frames:
