@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from dreamer4_jax.eval.open_loop import psnr_of_mean_mse
 from dreamer4_jax.losses import init_rms_state, load_lpips, psnr, ssim, update_and_normalize
 
 
@@ -145,3 +146,16 @@ def test_ssim_hand_cases():
     assert float(got) == pytest.approx(ref, rel=1e-6)
     with pytest.raises(ValueError, match='window_size'):
         ssim(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
+
+
+def test_open_loop_psnr_is_of_the_mean_mse_and_finite_for_static_windows():
+    rs = np.random.RandomState(0)
+    target = rs.uniform(size=(3, 2, 4, 4, 3)).astype(np.float32)
+    pred = target.copy()
+    pred[1] += 0.1  # window 0 and 2 exact (a static scene copied), window 1 off by 0.1
+    got = np.asarray(psnr_of_mean_mse(jnp.asarray(pred), jnp.asarray(target)))
+    mse = np.mean((pred - target) ** 2, axis=(0, 2, 3, 4))  # per horizon step, over windows
+    np.testing.assert_allclose(got, 10 * np.log10(1.0 / mse), rtol=1e-5)
+    assert np.all(np.isfinite(got))
+    # The old per-window mean would be infinite here.
+    assert np.isinf(np.mean(np.asarray(psnr(jnp.asarray(pred), jnp.asarray(target))), axis=0)).all()
