@@ -96,6 +96,12 @@ def test_row_helpers():
     assert not bool(dp.choose_rows(jax.random.key(0), 10, 0).any())
 
 
+def test_ema_decay_warms_up_to_the_configured_value():
+    got = [float(dp.ema_decay_at(jnp.asarray(s), 0.999)) for s in (0, 10, 400, 100_000)]
+    np.testing.assert_allclose(got[:3], [0.1, 11 / 20, 401 / 410], rtol=1e-6)
+    assert got[3] == pytest.approx(0.999)
+
+
 def test_ema_update_equation():
     ema = {'w': jnp.asarray([1.0, 2.0])}
     new = dp.ema_update(ema, {'w': jnp.asarray([3.0, 6.0])}, 0.9)
