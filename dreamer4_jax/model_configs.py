@@ -221,6 +221,9 @@ def agent_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.loss_weights = ml_collections.ConfigDict({'dynamics': 1.0, 'bc': 1.0, 'reward': 1.0})
     c.rms_beta = 0.95  # PAPER 6.6 [R]
     c.teacher_rows = 0.25  # rows that pay the bootstrap teacher passes (as in phase 1b)
+    # EMA of the weights for evaluation, imagination and play (PAPER 8 keeps one for the world
+    # model; for phase 2 it is silent [U]: kept as in phase 1b, with the same decay warm-up).
+    c.ema_decay = 0.999
     c.data_mode = 'mixture'  # PAPER 9.3: relevant + uniform windows (data.* sets the ratio)
     c.bc_rows = 'relevant'  # PAPER 9.3: BC on task-relevant windows only
     c.dynamics_rows = 'uniform'  # PAPER 9.3: video prediction on uniform windows only

@@ -19,6 +19,9 @@ from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
+# The tokenizer trains on windows of this many frames; its encoder and decoder attend to no more
+# frames than that wherever they are used later (48-frame dynamics windows, closed-loop play).
+TOKENIZER_WINDOW = 8
 
 
 def block(**kw):
@@ -48,13 +51,17 @@ def get_config(arg: str | None = None):
     c.train.eval_every = 5000
 
     c.tokenizer = mc.tokenizer_config_dict(
-        num_latents=32, encoder=block(), decoder=block(), lpips_frames=4
+        num_latents=32,
+        encoder=block(time_window=TOKENIZER_WINDOW),
+        decoder=block(time_window=TOKENIZER_WINDOW),
+        lpips_frames=4,
     )
     c.dynamics = mc.dynamics_config_dict(
         transformer=block(width=384, depth=12, num_heads=8, num_kv_heads=2, time_window=32),
         num_registers=16,
         short_length=16,
         long_every=10,
+        long_only_after=90_000,  # PAPER 6.5: the last 10 % of training on long batches only
     )
     c.agent = mc.agent_config_dict()
     c.imagination = mc.imagination_config_dict(horizon=32, context=8)
@@ -66,5 +73,5 @@ def get_config(arg: str | None = None):
     c.train.learning_rate = 3e-4
     c.train.warmup_steps = 1000
     if variant == 'tokenizer':
-        c.data.window_length = 8
+        c.data.window_length = TOKENIZER_WINDOW
     return c

@@ -18,6 +18,9 @@ from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
+# The tokenizer trains on windows of this many frames; its encoder and decoder attend to no more
+# frames than that wherever they are used later (longer dynamics windows, closed-loop play).
+TOKENIZER_WINDOW = 4
 
 
 def tiny_block(**kw):
@@ -43,7 +46,9 @@ def get_config(arg: str | None = None):
 
     # Phase 1a: 64x64 frames, 8x8 patches (64 patches) + 16 latents of 16 channels.
     c.tokenizer = mc.tokenizer_config_dict(
-        encoder=tiny_block(), decoder=tiny_block(), lpips_frames=2
+        encoder=tiny_block(time_window=TOKENIZER_WINDOW),
+        decoder=tiny_block(time_window=TOKENIZER_WINDOW),
+        lpips_frames=2,
     )
     # Phase 1b: 4 registers, GQA with 1 KV head, time window C = 8 (PAPER 6.5: C < T2).
     c.dynamics = mc.dynamics_config_dict(
@@ -57,7 +62,7 @@ def get_config(arg: str | None = None):
         c.train.steps = 400
         c.train.batch_size = 8
         c.train.learning_rate = 2e-3
-        c.data.window_length = 4
+        c.data.window_length = TOKENIZER_WINDOW
     elif variant == 'dynamics':
         c.train.steps = 400
         c.train.batch_size = 8

@@ -1,5 +1,7 @@
 """Every experiment config loads and validates; paper-size models build abstractly."""
 
+import importlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,3 +34,14 @@ def test_paper_tokenizer_builds_abstractly_with_about_400m_params():
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(ValueError, match='unknown variant'):
         minecraft_paper.get_config('nope')
+
+
+@pytest.mark.parametrize('name', ['craftax_tiny', 'craftax_small'])
+def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
+    """Later phases encode longer windows than the tokenizer trained on: its time window must
+    cap what it attends to at the training length (issue: use matches training)."""
+    module = importlib.import_module(f'experiments.{name}')
+    tok = module.get_config('tokenizer')
+    for part in ('encoder', 'decoder'):
+        assert tok.tokenizer[part].time_window == tok.data.window_length, part
+    assert module.get_config('dynamics').data.window_length > tok.data.window_length

@@ -11,6 +11,7 @@ from dreamer4_jax import checkpoint, parallel, pretrained
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.model_configs import (
+    agent_config_dict,
     dynamics_config_dict,
     tokenizer_config_dict,
     transformer_config_dict,
@@ -174,3 +175,14 @@ def test_warm_start_runs_once_and_never_on_resume(tmp_path):
     loop.run(phase, config, workdir)
     assert calls == [0]  # resumed from the checkpoint: no second warm start
     assert isinstance(pretrained.load(workdir).config, ml_collections.ConfigDict)
+
+
+def test_agent_runs_keep_an_ema_that_later_phases_load():
+    c = base_config()
+    c.phase = 'agent'
+    c.agent = agent_config_dict()
+    assert pretrained.uses_ema(c)  # phase 3, closed-loop play and evaluation read aux/ema
+    c.agent.ema_decay = 0.0
+    assert not pretrained.uses_ema(c)
+    c.phase = 'imagination'
+    assert not pretrained.uses_ema(c)  # no imagination sub-config with an EMA

@@ -16,7 +16,8 @@ Batch (host-local NumPy, one process's share; the trainer makes global arrays fr
   episode_id, step  int32 [B, T]  provenance
 Alignment (DESIGN.md section 3): action[t] is taken after observing image[t]; reward[t] and
 task_reward[t] belong to action[t-1]. So the BC target for the policy at frame t is action[t], and
-the reward-head target n steps ahead of frame t is reward[t + n + 1].
+the reward-head target n steps ahead of frame t is reward[t + n] (the reward that arrives with
+frame t + n; offset 0 is the reward that came with frame t itself).
 
 Windows never cross episode boundaries: a window is T consecutive steps of one episode, so
 episodes shorter than T contribute no window (they are skipped and counted in the log). A window

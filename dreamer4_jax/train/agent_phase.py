@@ -42,7 +42,7 @@ from dreamer4_jax.model_configs import shortcut_config_from
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
-from dreamer4_jax.train.dynamics_phase import teacher_stride
+from dreamer4_jax.train.dynamics_phase import ema_decay_at, ema_update, teacher_stride
 from dreamer4_jax.train.loop import Phase
 from dreamer4_jax.train.warm_start import load_into, mask_by_prefix
 from dreamer4_jax.world_model import WorldModel, build_world_model, row_tasks
@@ -167,6 +167,7 @@ class AgentStep:
     weights: tuple[tuple[str, float], ...]
     rows: tuple[tuple[str, str], ...]  # (term, row choice)
     rms_beta: float
+    ema_decay: float  # 0: no EMA
 
 
 def train_step(s: AgentStep, state, batch, rng, consts):
@@ -198,7 +199,11 @@ def train_step(s: AgentStep, state, batch, rng, consts):
 
     (_, (rms, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics['grad_norm'] = optax.tree.norm(grads)
-    return state_lib.apply_gradients(state, grads, s.tx, aux={'rms': rms}), metrics
+    new = state_lib.apply_gradients(state, grads, s.tx, aux={**state.aux, 'rms': rms})
+    if s.ema_decay > 0:
+        decay = ema_decay_at(state.step, s.ema_decay)
+        new = new.replace(aux={**new.aux, 'ema': ema_update(state.aux['ema'], new.params, decay)})
+    return new, metrics
 
 
 def make_phase(
@@ -255,12 +260,17 @@ def make_phase(
         weights=tuple(weights.items()),
         rows=tuple((k, str(ac[f'{k}_rows'])) for k in ('bc', 'dynamics', 'reward')),
         rms_beta=float(ac.rms_beta),
+        ema_decay=float(ac.get('ema_decay', 0.0)),
     )
+    if not 0.0 <= step.ema_decay < 1.0:
+        raise ConfigError(f'config.agent.ema_decay={step.ema_decay} must be in [0, 1) (0 = off)')
 
     def init(rng):
-        return state_lib.create_train_state(
-            init_params(rng), step.tx, {'rms': losses.init_rms_state(TERMS)}
-        )
+        params = init_params(rng)
+        aux = {'rms': losses.init_rms_state(TERMS)}
+        if step.ema_decay > 0:
+            aux['ema'] = params
+        return state_lib.create_train_state(params, step.tx, aux)
 
     def warm_start(state):
         if bool(ac.from_scratch):  # the BC baseline: the dynamics run fixes only the shapes
@@ -279,7 +289,8 @@ def make_phase(
     def evaluate(state, step_, workdir):
         del step_, workdir
         batch = data_sources.eval_batch(config)
-        out = held_out(state.params, frozen_tokenizer(), batch, jax.random.key(0))
+        params = state.aux['ema'] if step.ema_decay > 0 else state.params
+        out = held_out(params, frozen_tokenizer(), batch, jax.random.key(0))
         return {k: float(v) for k, v in out.items()}
 
     return Phase(
