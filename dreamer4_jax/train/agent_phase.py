@@ -239,7 +239,7 @@ def held_out_metrics(
 
 def load_pretrained_dynamics(config: ml_collections.ConfigDict):
     """(dynamics params, the dynamics run's config) from config.agent.dynamics_workdir."""
-    from dreamer4_jax.checkpoint import load_trained
+    from dreamer4_jax.checkpoint import load_trained, require_phase
 
     where = str(config.agent.dynamics_workdir)
     if not where:
@@ -248,6 +248,7 @@ def load_pretrained_dynamics(config: ml_collections.ConfigDict):
             'finished dynamics run (phase 1b). Its saved config fixes the '
             'architecture; with agent.from_scratch=True only that is used.'
         )
+    require_phase(where, 'dynamics', 'config.agent.dynamics_workdir')
     return load_trained(where)
 
 

@@ -247,7 +247,7 @@ def ema_update(ema, params, decay: float):
 
 def load_tokenizer(config: ml_collections.ConfigDict) -> tuple[dict, TokenizerConfig]:
     """Frozen tokenizer params and config from config.dynamics.tokenizer_workdir."""
-    from dreamer4_jax.checkpoint import load_trained
+    from dreamer4_jax.checkpoint import load_trained, require_phase
 
     where = str(config.dynamics.tokenizer_workdir)
     if not where:
@@ -256,6 +256,7 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> tuple[dict, TokenizerCo
             'of a finished tokenizer run (phase 1a) whose latents the dynamics '
             'model learns.'
         )
+    require_phase(where, 'tokenizer', 'config.dynamics.tokenizer_workdir')
     params, tok_config = load_trained(where)
     return params, tokenizer_config_from(tok_config.tokenizer)
 

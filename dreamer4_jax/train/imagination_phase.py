@@ -120,7 +120,7 @@ def imagination_loss(
 
 def load_agent(config: ml_collections.ConfigDict):
     """(params, the agent run's config) from config.imagination.agent_workdir."""
-    from dreamer4_jax.checkpoint import load_trained
+    from dreamer4_jax.checkpoint import load_trained, require_phase
 
     where = str(config.imagination.agent_workdir)
     if not where:
@@ -128,6 +128,7 @@ def load_agent(config: ml_collections.ConfigDict):
             'config.imagination.agent_workdir is empty: point it at the workdir '
             'of a finished agent run (phase 2).'
         )
+    require_phase(where, 'agent', 'config.imagination.agent_workdir')
     return load_trained(where)
 
 
