@@ -101,8 +101,12 @@ def make_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
+        blocking = workdir
+        while blocking and not os.path.exists(blocking):
+            blocking = os.path.dirname(blocking)
         raise config_checks.ConfigError(
-            f'--workdir={workdir}: cannot create it, {e.filename} is a file. Pick another path.'
+            f'--workdir={workdir}: cannot create it, {blocking or workdir} is a file. Pick '
+            'another path.'
         ) from e
     config_checks.check_workdir(workdir)
 
