@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
+# Extra demo flags, e.g. make demo DEMO_ARGS='--stages=data,tokenizer --steps_scale=0.1'
+DEMO_ARGS ?=
 export JAX_PLATFORMS ?= cpu
 
 .PHONY: venv demo play test lint format bench clean
@@ -17,7 +19,7 @@ $(STAMP): setup.py
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m dreamer4_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m dreamer4_jax.demo --workdir=$(WORKDIR) $(DEMO_ARGS)
 
 play: $(STAMP)
 	$(PY) -m dreamer4_jax.play --workdir=$(WORKDIR) $(PLAY_FLAGS)

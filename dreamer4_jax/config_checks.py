@@ -12,20 +12,47 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from dreamer4_jax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the field and the fix."""
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/exp.py[:arg]` the way --config does (get_config(arg))."""
+    """Loads `path/to/exp.py[:arg]` the way --config does (get_config(arg)).
+
+    Any failure inside the experiment file (an unknown variant, a typo in it) becomes one
+    ConfigError naming the file; DREAMER4_DEBUG=1 shows the traceback behind it.
+    """
     path, _, arg = spec.partition(':')
     if not os.path.isfile(path):
-        raise ConfigError(f'--config={spec}: no config file at {path}.')
+        where = os.path.dirname(path) or '.'
+        known = (
+            sorted(f for f in os.listdir(where) if f.endswith('.py') and not f.startswith('_'))
+            if os.path.isdir(where)
+            else []
+        )
+        hint = f' Files in {where}: {", ".join(known)}.' if known else ''
+        raise ConfigError(f'--config={spec}: no config file at {path}.{hint}')
     module_spec = importlib.util.spec_from_file_location('_experiment_config', path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None) if arg else module.get_config()
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's experiment file: report, do not crash
+        raise ConfigError(
+            f'--config={spec}: {path} fails to load ({type(e).__name__}: {e}).'
+        ) from e
+    if not callable(getattr(module, 'get_config', None)):
+        raise ConfigError(
+            f'--config={spec}: {path} has no get_config(arg) function; an experiment file '
+            'defines get_config returning an ml_collections.ConfigDict.'
+        )
+    try:
+        return module.get_config(arg or None) if arg else module.get_config()
+    except (ValueError, KeyError, TypeError) as e:
+        # experiments raise ValueError for an unknown variant, with the variants in the message.
+        raise ConfigError(f'--config={spec}: {e}') from e
 
 
 def check_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -91,7 +118,12 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int
 def check_batch_size(batch_size: int, mesh_shape: Sequence[int], process_count: int) -> None:
     """The global batch must split evenly over data x fsdp devices and over processes."""
     shards = mesh_shape[0] * mesh_shape[1]
-    if batch_size <= 0 or batch_size % shards:
+    if batch_size < 1:
+        raise ConfigError(
+            f'config.train.batch_size={batch_size} must be a positive integer (the global batch '
+            f'over all devices), e.g. {max(shards, 8)}.'
+        )
+    if batch_size % shards:
         raise ConfigError(
             f'config.train.batch_size={batch_size} is not divisible by the data-parallel size '
             f'{shards} (mesh data={mesh_shape[0]} x fsdp={mesh_shape[1]}). Use a multiple of '
@@ -106,7 +138,8 @@ def check_batch_size(batch_size: int, mesh_shape: Sequence[int], process_count: 
 
 
 def check_workdir(workdir: str) -> None:
-    """The workdir may not exist yet, but its parent must (we never create deep trees by typo)."""
+    """The workdir may not exist yet, but its parent must (we never create deep trees by typo),
+    and the nearest existing one of the two must be writable."""
     if not workdir:
         raise ConfigError('--workdir is required: the folder for checkpoints, metrics and outputs.')
     if '://' in workdir:  # gs://bucket/run on TPU pods: orbax writes there; nothing to check here
@@ -119,6 +152,13 @@ def check_workdir(workdir: str) -> None:
         )
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f'--workdir={workdir} exists and is not a folder. Pick another path.')
+    existing = workdir if os.path.isdir(workdir) else parent
+    # os.access also answers False on a read-only file system, for root too.
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f'--workdir={workdir}: {os.path.abspath(existing)} is not writable (no permission or '
+            'a read-only file system). Pick a folder you can write to.'
+        )
 
 
 def check_train(config: ml_collections.ConfigDict) -> None:

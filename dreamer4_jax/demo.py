@@ -7,19 +7,24 @@ model + BC), bc (the same agent from scratch without the world model: the baseli
 imagination (RL inside the world model); each trains with the shared loop in <workdir>/<stage>.
 Then evaluation (random, BC, WM+BC and the full agent play the real environment; success table
 in <workdir>/evaluation) and report (<workdir>/report.md and report.html). Re-running the same
-command skips finished stages and resumes an interrupted one from its last checkpoint.
+command skips finished stages and resumes an interrupted one from its last checkpoint. The workdir
+is created with its parents (the first command on a fresh clone has no runs/ folder yet).
 """
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import sys
 import time
 
 from absl import logging
 
-from dreamer4_jax import config_checks
+from dreamer4_jax import config_checks, errors
+from dreamer4_jax.data.build import ensure_dataset
+from dreamer4_jax.eval.closed_loop import evaluate_agents
+from dreamer4_jax.eval.report import write_report
+from dreamer4_jax.train import phases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'craftax_tiny.py')
@@ -54,20 +59,14 @@ def finished(stage_dir: str, steps: int) -> bool:
 
 def run_stage(stage: str, workdir: str, steps_scale: float) -> None:
     if stage == 'data':
-        from dreamer4_jax.data.build import ensure_dataset
-
         config = stage_config('tokenizer', workdir)
         print(f'[demo] data: {ensure_dataset(config.data)}', flush=True)
         return
     if stage == 'report':
-        from dreamer4_jax.eval.report import write_report
-
         path = write_report(workdir, [*TRAIN_STAGES, 'evaluation'])
         print(f'[demo] report: {path} (and report.html)', flush=True)
         return
     if stage == 'evaluation':
-        from dreamer4_jax.eval.closed_loop import evaluate_agents
-
         out = os.path.join(workdir, 'evaluation')
         if os.path.exists(os.path.join(out, 'success.json')):
             print(f'[demo] evaluation: already done in {out}, skipping', flush=True)
@@ -83,8 +82,6 @@ def run_stage(stage: str, workdir: str, steps_scale: float) -> None:
         evaluate_agents(agents, out, config.closed_loop)
         print(f'[demo] evaluation: {os.path.join(out, "success.md")}', flush=True)
         return
-    from dreamer4_jax.train import phases
-
     stage_dir = os.path.join(workdir, stage)
     config = stage_config(stage, workdir, steps_scale)
     if finished(stage_dir, int(config.train.steps)):
@@ -94,8 +91,31 @@ def run_stage(stage: str, workdir: str, steps_scale: float) -> None:
     phases.run_phase(config, stage_dir)
 
 
+def make_workdir(workdir: str) -> None:
+    """Creates the demo's workdir with its parents (unlike --workdir of dreamer4_jax.main, whose
+    parent must exist: the demo's default runs/demo is expected to be created)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        blocking = workdir
+        while blocking and not os.path.exists(blocking):
+            blocking = os.path.dirname(blocking)
+        raise config_checks.ConfigError(
+            f'--workdir={workdir}: cannot create it, {blocking or workdir} is a file. Pick '
+            'another path.'
+        ) from e
+    config_checks.check_workdir(workdir)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    """Runs the wanted stages; bad input ends with one line `Error: ...` and exit code 2."""
+    return errors.cli(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+    parser = errors.ArgumentParser(
+        prog='python -m dreamer4_jax.demo', description=__doc__.split('\n')[0]
+    )
     parser.add_argument('--workdir', default='runs/demo')
     parser.add_argument('--stages', default=','.join(STAGES))
     parser.add_argument(
@@ -111,11 +131,9 @@ def main(argv=None) -> int:
     unknown = sorted(set(wanted) - set(STAGES))
     if unknown:
         parser.error(f'unknown stage(s) {unknown}; stages: {", ".join(STAGES)}')
-    try:
-        config_checks.check_workdir(args.workdir)
-    except config_checks.ConfigError as e:
-        parser.error(str(e))
-    os.makedirs(args.workdir, exist_ok=True)
+    if not (math.isfinite(args.steps_scale) and args.steps_scale > 0):
+        parser.error(f'--steps_scale={args.steps_scale} must be a positive number, e.g. 0.1')
+    make_workdir(args.workdir)
     t0 = time.perf_counter()
     for stage in STAGES:
         if stage not in wanted:
@@ -123,9 +141,8 @@ def main(argv=None) -> int:
         t_stage = time.perf_counter()
         try:
             run_stage(stage, args.workdir, args.steps_scale)
-        except config_checks.ConfigError as e:
-            print(f'Config error in stage {stage}: {e}', file=sys.stderr)
-            return 2
+        except errors.UserError as e:
+            raise errors.UserError(f'stage {stage}: {e}') from e
         print(f'[demo] {stage}: {(time.perf_counter() - t_stage) / 60:.1f} min', flush=True)
     minutes = (time.perf_counter() - t0) / 60
     print(

@@ -45,6 +45,12 @@ def update_and_normalize(
     bias correction: the EMA starts at `init` (1.0), not at 0, so there is no zero bias to undo;
     the first steps are simply pulled toward 1. Terms in `state` but not in `losses` are kept
     unchanged. Returns (total, new_state, metrics).
+
+    Metrics: `loss/<term>` raw, `loss/total` the raw weighted sum sum_k w_k L_k (it falls when
+    the terms fall), `loss_normalized/<term>` and `loss_normalized/total` (the optimized value,
+    returned as `total`). The normalized total hovers near sum_k w_k whatever the progress and
+    can rise while every raw term falls (each divisor shrinks with its term), so it is logged
+    under its own name and never as `loss/total`.
     """
     missing = sorted(set(losses) - set(state))
     if missing:
@@ -57,6 +63,7 @@ def update_and_normalize(
     new_state = dict(state)
     metrics: dict[str, Array] = {}
     total = jnp.zeros((), jnp.float32)
+    raw_total = jnp.zeros((), jnp.float32)
     for name, loss in losses.items():
         if jnp.ndim(loss) != 0:
             raise ValueError(f'Loss {name!r} must be a scalar, got shape {jnp.shape(loss)}.')
@@ -66,11 +73,13 @@ def update_and_normalize(
         normalized = loss / jnp.maximum(eps, jnp.sqrt(ema))
         weight = 1.0 if weights is None else weights[name]
         total = total + weight * normalized
+        raw_total = raw_total + weight * jax.lax.stop_gradient(loss)
         new_state[name] = ema
         metrics[f'loss/{name}'] = loss
         metrics[f'loss_rms/{name}'] = jnp.sqrt(ema)
         metrics[f'loss_normalized/{name}'] = normalized
-    metrics['loss/total'] = total
+    metrics['loss/total'] = raw_total
+    metrics['loss_normalized/total'] = total
     return total, new_state, metrics
 
 

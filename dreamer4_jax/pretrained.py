@@ -48,18 +48,6 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
     return checkpoint.saved_config(workdir)[0]
 
 
-def earlier_workdir(config: ml_collections.ConfigDict) -> str:
-    """The workdir of the run that `config`'s phase builds on; a clear error when unset."""
-    field, earlier = EARLIER[str(config.phase)]
-    section, name = field.split('.')
-    where = str(config[section][name] or '')
-    if not where:
-        raise ConfigError(
-            f'config.{field} is empty: point it at the workdir of a finished {earlier!r} run.'
-        )
-    return where
-
-
 def uses_ema(config: ml_collections.ConfigDict) -> bool:
     """True when the run keeps EMA weights (`config.<phase>.ema_decay > 0`)."""
     section = config.get(str(config.phase))
@@ -88,10 +76,17 @@ class Pretrained:
 
     def earlier(self) -> Pretrained:
         """The run this one builds on (tokenizer of a dynamics run, ...), found the same way."""
-        where = earlier_workdir(self.config)
         if self.is_abstract:
-            return abstract(self.config_of(where), self.config_of, where)
-        return load(where, expect=EARLIER[self.phase][1], config_of=self.config_of)
+
+            def find(where, expect=None):
+                return abstract(self.config_of(where), self.config_of, where)
+
+        else:
+
+            def find(where, expect=None):
+                return load(where, expect=expect, config_of=self.config_of)
+
+        return load_earlier(self.config, load=find)
 
     def tokenizer_config(self) -> TokenizerConfig:
         """The TokenizerConfig whose latents this run's models read (or are)."""
@@ -129,13 +124,26 @@ class Pretrained:
         )
 
     def abstract_params(self, shardings: Any = None) -> Any:
-        """jax.ShapeDtypeStruct tree of the (unboxed) parameters, with `shardings` if given."""
+        """jax.ShapeDtypeStruct tree of the (unboxed) parameters, with `shardings` if given.
+
+        `shardings` may cover more than this run's parameters (the fresh state of a later phase
+        has new leaves, e.g. agent tokens): each parameter takes the sharding at its path.
+        """
         tree = parallel.unboxed(jax.eval_shape(self.init_params, jax.random.key(0)))
         if shardings is None:
             return tree
-        return jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-        )
+        by_path = {_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+
+        def one(path, x):
+            key = _keys(path)
+            if key not in by_path:
+                raise ConfigError(
+                    f'{self.workdir}: parameter {"/".join(key)} has no place in the model it is '
+                    'loaded into; the architectures differ.'
+                )
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=by_path[key])
+
+        return jax.tree_util.tree_map_with_path(one, tree)
 
     def shardings(self, mesh: jax.sharding.Mesh, rules) -> Any:
         """NamedShardings of the parameters on `mesh` under the logical-axis `rules`."""
@@ -170,11 +178,35 @@ def load(
     `expect`: the phase the caller needs; another phase is a clear error, not a KeyError later.
     """
     config, step = checkpoint.saved_config(workdir, step)
-    if expect is not None and str(config.phase) != expect:
-        raise ConfigError(
-            f'{workdir} holds a {config.phase!r} run, but a {expect!r} run is needed here.'
+    found = config.get('phase', None)
+    if expect is not None and found != expect:
+        raise checkpoint.CheckpointError(
+            f'{workdir} holds a {found!r} run (config.phase saved in its checkpoint), not a '
+            f'{expect!r} run. Point the config at the workdir of a finished {expect} run.'
         )
     return Pretrained(workdir, config, config_of, step)
+
+
+def load_earlier(
+    config: ml_collections.ConfigDict, *, phase: str | None = None, load=load
+) -> Pretrained:
+    """The run that `config`'s phase (or `phase`) builds on, e.g. a dynamics run's tokenizer.
+
+    Errors name the config field: `config.dynamics.tokenizer_workdir=X: X does not exist ...`.
+    `load(workdir, expect=...)`: `load` here, or abstract runs for ahead-of-time compilation.
+    """
+    phase = str(config.phase) if phase is None else phase
+    field, earlier = EARLIER[phase]
+    section, name = field.split('.')
+    where = str(config[section][name] or '')
+    if not where:
+        raise ConfigError(
+            f'config.{field} is empty: point it at the workdir of a finished {earlier!r} run.'
+        )
+    try:
+        return load(where, expect=earlier)
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f'config.{field}={where}: {e}') from e
 
 
 def abstract(
@@ -186,6 +218,10 @@ def abstract(
     maps them to the variants of the same experiment file).
     """
     return Pretrained(workdir, config, config_of, None, is_abstract=True)
+
+
+def _keys(path) -> tuple[str, ...]:
+    return tuple(str(getattr(p, 'key', p)) for p in path)
 
 
 def device_shardings(tree: Any) -> Any:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from dreamer4_jax import checkpoint, pretrained
-from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.train import loop, toy
 from experiments.toy import get_config
 
@@ -158,5 +157,5 @@ def test_pretrained_load_reads_params_and_config_and_creates_nothing(tmp_path):
     (missing / 'checkpoints').mkdir(parents=True)
     with pytest.raises(checkpoint.CheckpointError, match='No checkpoint'):
         pretrained.load(str(missing))
-    with pytest.raises(ConfigError, match="holds a 'toy' run"):
+    with pytest.raises(checkpoint.CheckpointError, match="holds a 'toy' run"):
         pretrained.load(workdir, expect='tokenizer')

@@ -23,10 +23,14 @@ def test_rms_normalizer_matches_numpy_over_steps():
         for k, v in losses.items():
             ema[k] = 0.95 * ema[k] + 0.05 * v**2  # updated before use
             ref_total += weights[k] * v / max(1e-6, np.sqrt(ema[k]))
+        ref_raw = sum(weights[k] * v for k, v in losses.items())
+        for k in losses:
             assert float(state[k]) == pytest.approx(ema[k], rel=1e-5)
             assert float(metrics[f'loss_rms/{k}']) == pytest.approx(np.sqrt(ema[k]), rel=1e-5)
         assert float(total) == pytest.approx(ref_total, rel=1e-5)
-        assert float(metrics['loss/total']) == pytest.approx(ref_total, rel=1e-5)
+        assert float(metrics['loss_normalized/total']) == pytest.approx(ref_total, rel=1e-5)
+        # loss/total is the raw weighted sum: it follows the terms, not their normalizers.
+        assert float(metrics['loss/total']) == pytest.approx(ref_raw, rel=1e-5)
 
 
 def test_rms_normalizer_first_step_gradient_and_eps():

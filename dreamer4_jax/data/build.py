@@ -1,8 +1,10 @@
 """Builds a dataset folder atomically: collect (or read VPT) -> stage -> tfds array_record -> card.
 
 Layout of <data.dir>/<data.name>/ (it exists only once complete: everything is built in a hidden
-`.<name>.incomplete-*` sibling and renamed at the end, so an interrupted build never looks done):
-  index.json          episode table per split (ids, lengths, policies, task events), schema
+`.<name>.incomplete-*` sibling and renamed at the end, so an interrupted build never looks done;
+the next build of that name removes such a folder once the process that made it is gone):
+  index.json          episode table per split (ids, lengths, policies, task events), schema,
+                      and the size of every file (a truncated or deleted file is reported)
   dataset_card.json   policy mix, counts, per-task coverage, action-label fraction, settings
   dataset_card.md     the same for humans
   tfds/dreamer4_episodes/1.0.0/*.array_record   one record per step (see tfds_builder)
@@ -19,7 +21,9 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,8 @@ from dreamer4_jax.actions import (
 from dreamer4_jax.data import card as card_lib
 from dreamer4_jax.data import vpt
 from dreamer4_jax.data.config import (
+    DataError,
+    MissingDataError,
     check_data_config,
     collection_settings,
     dataset_path,
@@ -76,20 +82,24 @@ def load_meta(cfg: ml_collections.ConfigDict) -> DatasetMeta:
     check_data_config(cfg)
     path = dataset_path(cfg)
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingDataError(
             f'no dataset at {path} (config.data.dir={cfg.dir!r}, config.data.name={cfg.name!r}); '
             'build it with `python -m dreamer4_jax.data.collect --dir ... --name ...` or '
             'dreamer4_jax.data.ensure_dataset(config.data)'
         )
     index_file = path / 'index.json'
     if not index_file.is_file():
-        raise FileNotFoundError(f'{path} exists but has no index.json: not a dataset; delete it')
-    index = json.loads(index_file.read_text())
+        raise MissingDataError(f'{path} exists but has no index.json: not a dataset; delete it')
+    try:
+        index = json.loads(index_file.read_text())
+    except ValueError as e:
+        raise DataError(f'{index_file} cannot be read ({e}). {_rebuild_hint(path)}') from e
     if index.get('format') != INDEX_FORMAT:
-        raise ValueError(f'{index_file} has format {index.get("format")}, expected {INDEX_FORMAT}')
+        raise DataError(f'{index_file} has format {index.get("format")}, expected {INDEX_FORMAT}')
+    check_files(path, index.get('files', {}))
     stored = tuple(index['image_shape'])
     if stored != frame_shape(cfg):
-        raise ValueError(
+        raise DataError(
             f'config.data.resolution={cfg.resolution} (width={cfg.width}) expects frames of '
             f'{frame_shape(cfg)}, but {path} stores {stored}: set data.resolution={stored[0]}'
             f' and data.width={0 if stored[0] == stored[1] else stored[1]}, or use another dataset'
@@ -114,16 +124,89 @@ def load_meta(cfg: ml_collections.ConfigDict) -> DatasetMeta:
     )
 
 
+def _rebuild_hint(path: Path) -> str:
+    return (
+        f'The dataset is damaged: delete {path} and build it again (python -m '
+        'dreamer4_jax.data.collect with the same settings; make demo rebuilds its own).'
+    )
+
+
+def check_files(path: Path, sizes: dict[str, int]) -> None:
+    """Every file listed in index.json exists with the size it was written with (a cheap check
+    that turns a truncated or deleted record file into one message instead of a reader crash)."""
+    for rel, size in sizes.items():
+        f = path / rel
+        if not f.is_file():
+            raise DataError(f'{f} is missing. {_rebuild_hint(path)}')
+        actual = f.stat().st_size
+        if actual != int(size):
+            raise DataError(
+                f'{f} has {actual} bytes but was written with {size} (truncated or overwritten). '
+                f'{_rebuild_hint(path)}'
+            )
+
+
+OWNER_FILE = 'owner.json'
+# A build folder without an owner file (made before owner files existed) counts as abandoned once
+# it has not changed for this long.
+_UNOWNED_STALE_SECONDS = 3600
+
+
+def remove_stale_builds(final: Path) -> list[Path]:
+    """Removes `.<name>.incomplete-*` siblings of `final` left by a build that was killed.
+
+    A build records its host and process id in OWNER_FILE first thing. A folder is removed only
+    when that process ran on this host and is gone; folders of live processes or other hosts are
+    left alone. Returns the removed folders.
+    """
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    host = socket.gethostname()
+    for folder in final.parent.glob(f'.{final.name}.incomplete-*'):
+        owner_file = folder / OWNER_FILE
+        try:
+            owner = json.loads(owner_file.read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner is None:
+            try:
+                age = time.time() - folder.stat().st_mtime
+            except OSError:
+                continue
+            stale = age > _UNOWNED_STALE_SECONDS
+        else:
+            stale = owner.get('host') == host and not _alive(int(owner.get('pid', -1)))
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            print(f'removed {folder}: an unfinished build whose process is gone', flush=True)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def ensure_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> Path:
     """Returns the dataset folder, building it first if it does not exist yet."""
     check_data_config(cfg)
     path = dataset_path(cfg)
+    remove_stale_builds(path)
     if path.is_dir():
         stored = load_meta(cfg).settings
         wanted = collection_settings(cfg)
         diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
         if diff:
-            raise ValueError(
+            raise DataError(
                 f'dataset {path} was built with different settings for {diff}: stored '
                 f'{[stored.get(k) for k in diff]}, config {[wanted.get(k) for k in diff]}. '
                 'Pick a new config.data.name, or delete the folder to rebuild it'
@@ -215,9 +298,13 @@ def _build_atomic(cfg, produce, space: ActionSpace, tasks: Sequence[str], settin
     if final.exists():
         raise FileExistsError(f'{final} already exists; delete it or pick another data.name')
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(final)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.incomplete-', dir=final.parent))
     try:
+        owner = {'host': socket.gethostname(), 'pid': os.getpid()}
+        (tmp / OWNER_FILE).write_text(json.dumps(owner))
         _build_into(cfg, tmp, produce, space, tasks, settings)
+        (tmp / OWNER_FILE).unlink()
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, final)
@@ -253,7 +340,7 @@ def _build_into(cfg, tmp: Path, produce, space: ActionSpace, tasks, settings) ->
 
     extra = produce(stage)
     if not summaries:
-        raise ValueError(f'no episodes for dataset {cfg.name!r}')
+        raise DataError(f'no episodes for dataset {cfg.name!r}')
     summaries.sort(key=lambda s: s['episode_id'])
     n = len(summaries)
     n_eval = min(int(round(cfg.eval_fraction * n)), n - 1)
@@ -278,9 +365,12 @@ def _build_into(cfg, tmp: Path, produce, space: ActionSpace, tasks, settings) ->
     builder.download_and_prepare()
     shutil.rmtree(staging)
     shutil.rmtree(tmp / 'tfds' / 'downloads', ignore_errors=True)
+    files = {str(f.relative_to(tmp)): f.stat().st_size
+             for f in sorted((tmp / 'tfds').rglob('*')) if f.is_file()}  # fmt: skip
 
     index = {
         'format': INDEX_FORMAT,
+        'files': files,
         'tfds_dir': str(Path(builder.data_dir).relative_to(tmp)),
         'image_shape': list(frame_shape(cfg)),
         'action_space': space.to_json(),

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from dreamer4_jax import errors
 from dreamer4_jax.data.build import build_dataset, ensure_dataset
 from dreamer4_jax.data.card import card_markdown
-from dreamer4_jax.data.config import dataset_path, default_data_config
+from dreamer4_jax.data.config import DataError, dataset_path, default_data_config
 
 _TOP = ('source', 'name', 'dir', 'resolution', 'width', 'eval_fraction')
 _COLLECT = ('num_episodes', 'max_steps', 'num_envs', 'seed', 'max_repeat', 'epsilon',
@@ -39,15 +40,17 @@ def parse_policy_mix(text: str) -> dict[str, float]:
         except ValueError:
             sep = ''
         if not sep:
-            raise ValueError(f'--policy_mix={text!r}: expected name=weight pairs, e.g. random=1')
+            raise DataError(
+                f'--policy_mix={text!r}: expected name=weight pairs, e.g. random=0.5,seeker=0.5'
+            )
     return mix
 
 
 def config_from_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, bool, bool]:
     """(data config, force rebuild, show progress) from command-line flags."""
     cfg = default_data_config()
-    p = argparse.ArgumentParser(prog='python -m dreamer4_jax.data.collect', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = errors.ArgumentParser(prog='python -m dreamer4_jax.data.collect', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     for key in _TOP:
         p.add_argument(f'--{key}', type=type(cfg[key]), default=cfg[key],
                        help=f'config.data.{key} (default %(default)s)')  # fmt: skip
@@ -75,7 +78,12 @@ def config_from_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, bo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, force, progress = config_from_args(sys.argv[1:] if argv is None else argv)
+    """Builds (or reuses) the dataset; bad input ends with one line and exit code 2."""
+    return errors.cli(lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    cfg, force, progress = config_from_args(argv)
     path = dataset_path(cfg)
     if force and path.exists():
         shutil.rmtree(path)

@@ -12,9 +12,18 @@ import ml_collections
 
 from dreamer4_jax.data.policies import POLICY_NAMES
 from dreamer4_jax.envs.craftax import CRAFTAX_MAX_TIMESTEPS, FRAME_SHAPE
+from dreamer4_jax.errors import UserError
 
 SOURCES = ('craftax', 'vpt')
 MODES = ('uniform', 'relevant', 'mixture')
+
+
+class DataError(UserError, ValueError):
+    """A data setting or dataset on disk that cannot work; the message names it and the fix."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A dataset folder or recording that does not exist."""
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -70,10 +79,10 @@ def dataset_path(cfg: ml_collections.ConfigDict) -> Path:
 
 
 def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False) -> None:
-    """Raises ValueError naming the bad field and the fix."""
+    """Raises DataError naming the bad field and the fix."""
 
     def fail(field, msg):
-        raise ValueError(f'config.data.{field}: {msg}')
+        raise DataError(f'config.data.{field}: {msg}')
 
     if cfg.source not in SOURCES:
         fail('source', f'{cfg.source!r} is not one of {SOURCES}')
@@ -112,7 +121,8 @@ def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False
         if not 0.0 <= col.epsilon <= 1.0:
             fail('collect.epsilon', f'{col.epsilon} must be in [0, 1]')
         mix = dict(col.policy_mix)
-        if set(mix) - set(POLICY_NAMES) or sum(max(v, 0.0) for v in mix.values()) <= 0:
+        bad_weight = any(not (0.0 <= v < float('inf')) for v in mix.values())
+        if set(mix) - set(POLICY_NAMES) or bad_weight or sum(mix.values()) <= 0:
             fail('collect.policy_mix', f'{mix} needs weights >= 0 over {POLICY_NAMES}, sum > 0')
     elif not cfg.vpt.dir or not Path(cfg.vpt.dir).is_dir():
         fail('vpt.dir', f'{cfg.vpt.dir!r} is not a folder of <id>.mp4 + <id>.jsonl recordings')

@@ -44,7 +44,7 @@ import tensorflow_datasets as tfds
 
 from dreamer4_jax.actions import mask_actions
 from dreamer4_jax.data.build import DatasetMeta, SplitMeta, load_meta
-from dreamer4_jax.data.config import MODES
+from dreamer4_jax.data.config import MODES, DataError
 
 Batch = dict[str, Any]
 
@@ -94,7 +94,7 @@ def parse_tasks(spec: str, task_names: tuple[str, ...]) -> np.ndarray:
     names = [s.strip() for s in spec.split(',') if s.strip()]
     bad = [n for n in names if n not in task_names]
     if bad or not names:
-        raise ValueError(
+        raise DataError(
             f'config.data.relevant_tasks={spec!r}: unknown or empty task names {bad}; '
             f'use "all" or names from {task_names}'
         )
@@ -106,6 +106,7 @@ class _WindowReader:
 
     def __init__(self, meta: DatasetMeta, split: str, window_length: int, labeled: np.ndarray):
         self._source = tfds.builder_from_directory(str(meta.tfds_dir)).as_data_source(split=split)
+        self._path, self._split_name = meta.path, split
         self._split = meta.splits[split]
         self._offsets = self._split.offsets
         self._labeled = labeled
@@ -113,7 +114,7 @@ class _WindowReader:
         self._num_tasks = len(meta.task_names)
         self._T = window_length
         if len(self._source) != int(self._split.lengths.sum()):
-            raise ValueError(
+            raise DataError(
                 f'{meta.tfds_dir} split {split!r} has {len(self._source)} records but index.json '
                 f'lists {int(self._split.lengths.sum())} steps: the dataset is corrupt; rebuild it'
             )
@@ -121,7 +122,14 @@ class _WindowReader:
     def __call__(self, item: tuple[int, int]) -> Batch:
         start, task = int(item[0]), int(item[1])
         pos = int(np.searchsorted(self._offsets, start, side='right') - 1)
-        records = self._source.__getitems__(list(range(start, start + self._T)))
+        try:
+            records = self._source.__getitems__(list(range(start, start + self._T)))
+        except (RuntimeError, OSError) as e:  # array_record reports damage as RuntimeError
+            raise DataError(
+                f'records {start}..{start + self._T} of split {self._split_name!r} in '
+                f'{self._path} cannot be read ({type(e).__name__}: {str(e)[:300]}). The dataset is '
+                f'damaged: delete {self._path} and build it again.'
+            ) from e
 
         def stack(key, dtype):
             return np.asarray([r[key] for r in records], dtype)
@@ -131,7 +139,7 @@ class _WindowReader:
         if np.any(episode_id != self._split.episode_ids[pos]) or np.any(
             step != first_step + np.arange(self._T)
         ):
-            raise RuntimeError(
+            raise DataError(
                 f'records {start}..{start + self._T} do not hold episode '
                 f'{self._split.episode_ids[pos]} steps {first_step}..: dataset index is corrupt'
             )
@@ -175,7 +183,7 @@ class _Sampler:
 def _stream(n: int, seed: int, process_index: int, process_count: int, num_epochs, what: str):
     ds = grain.MapDataset.range(n)[process_index::process_count]
     if len(ds) == 0:
-        raise ValueError(
+        raise DataError(
             f'process {process_index} of {process_count} gets no {what} windows ({n} in total): '
             'use a larger dataset, a shorter window_length, or fewer processes'
         )
@@ -211,7 +219,7 @@ def make_dataset(
         raise ValueError(f'batch_size_per_process={batch_size_per_process} must be >= 1')
     meta = load_meta(cfg)
     if split not in meta.splits:
-        raise ValueError(f'split {split!r} not in dataset {meta.path} (has {sorted(meta.splits)})')
+        raise DataError(f'split {split!r} not in dataset {meta.path} (has {sorted(meta.splits)})')
     T = int(window_length or cfg.window_length)
     split_meta = meta.splits[split]
     B = batch_size_per_process

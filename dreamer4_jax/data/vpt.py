@@ -34,6 +34,7 @@ import av
 import numpy as np
 
 from dreamer4_jax import actions as A
+from dreamer4_jax.data.config import DataError, MissingDataError
 
 MINECRAFT_TASKS: tuple[str, ...] = (
     'mine_log', 'mine_cobblestone', 'mine_iron_ore', 'mine_coal', 'mine_diamond',
@@ -72,24 +73,24 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Parses a recording's jsonl; clear errors for a missing, empty or truncated file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'VPT actions file {path} does not exist')
+        raise MissingDataError(f'VPT actions file {path} does not exist')
     lines = path.read_text().splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
-        raise ValueError(f'VPT actions file {path} is empty: re-download or drop this recording')
+        raise DataError(f'VPT actions file {path} is empty: re-download or drop this recording')
     ticks = []
     for i, line in enumerate(lines):
         try:
             tick = json.loads(line)
         except json.JSONDecodeError as e:
             where = 'last line (the file looks truncated)' if i == len(lines) - 1 else 'line'
-            raise ValueError(
+            raise DataError(
                 f'VPT actions file {path}: {where} {i + 1} of {len(lines)} is not valid JSON '
                 f'({e.msg}); re-download the recording or drop it'
             ) from None
         if not isinstance(tick, dict) or 'mouse' not in tick or 'keyboard' not in tick:
-            raise ValueError(f'VPT actions file {path}: line {i + 1} lacks "mouse"/"keyboard"')
+            raise DataError(f'VPT actions file {path}: line {i + 1} lacks "mouse"/"keyboard"')
         ticks.append(tick)
     return ticks
 
@@ -147,7 +148,7 @@ def read_video(path: Path, height: int, width: int) -> np.ndarray:
     """uint8 [T, height, width, 3]: frames resized to fit, zero-padded bottom/right."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'VPT video {path} does not exist')
+        raise MissingDataError(f'VPT video {path} does not exist')
     frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -156,7 +157,7 @@ def read_video(path: Path, height: int, width: int) -> np.ndarray:
             rgb = frame.to_ndarray(format='rgb24', width=w, height=h, interpolation='AREA')
             frames.append(np.pad(rgb, ((0, height - h), (0, width - w), (0, 0))))
     if not frames:
-        raise ValueError(f'VPT video {path} has no frames')
+        raise DataError(f'VPT video {path} has no frames')
     return np.stack(frames)
 
 
@@ -172,7 +173,7 @@ def read_recording(
     frames = read_video(video_path, height, width)
     if len(ticks) != len(frames):
         if strict or len(ticks) < 2 or len(frames) < 2:
-            raise ValueError(
+            raise DataError(
                 f'VPT recording {Path(video_path).stem}: {len(frames)} video frames but '
                 f'{len(ticks)} jsonl lines (truncated download?); set data.vpt.strict=False to '
                 'cut both to the shorter one'
@@ -199,11 +200,11 @@ def list_recordings(directory: Path) -> list[tuple[Path, Path]]:
     directory = Path(directory)
     videos = sorted(directory.glob('*.mp4'))
     if not videos:
-        raise FileNotFoundError(f'no <id>.mp4 recordings in {directory}')
+        raise MissingDataError(f'no <id>.mp4 recordings in {directory}')
     pairs = []
     for v in videos:
         j = v.with_suffix('.jsonl')
         if not j.is_file():
-            raise FileNotFoundError(f'recording {v.name} has no actions file {j.name}')
+            raise MissingDataError(f'recording {v.name} has no actions file {j.name}')
         pairs.append((v, j))
     return pairs

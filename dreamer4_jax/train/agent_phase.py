@@ -227,7 +227,7 @@ def make_phase(
         dyn_params, dyn_cfg = dynamics
         dyn_run = None
     else:
-        dyn_run = load(pretrained.earlier_workdir(config), expect='dynamics')
+        dyn_run = pretrained.load_earlier(config, load=load)
         dyn_params, dyn_cfg = None, dyn_run.config
     if tokenizer is not None:
         tok_params, tok_cfg = tokenizer
@@ -235,7 +235,7 @@ def make_phase(
         tok_run = (
             dyn_run.earlier()
             if dyn_run is not None
-            else load(pretrained.earlier_workdir(dyn_cfg), expect='tokenizer')
+            else pretrained.load_earlier(dyn_cfg, phase='dynamics', load=load)
         )
         tok_params, tok_cfg = None, tok_run.tokenizer_config()
     wm = build_world_model(dyn_cfg.dynamics, tok_cfg, ac)

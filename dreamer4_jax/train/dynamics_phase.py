@@ -317,7 +317,7 @@ def make_phase(
     if tokenizer is not None:
         tok_params, tok_cfg = tokenizer
     else:
-        tok_run = load(pretrained.earlier_workdir(config), expect='tokenizer')
+        tok_run = pretrained.load_earlier(config, load=load)
         tok_cfg, tok_params = tok_run.tokenizer_config(), None
     model = world_model.dynamics_of(dc, tok_cfg)
     plan = make_plan(config)

@@ -156,7 +156,7 @@ def make_phase(
     if agent is not None:
         agent_params = agent[0]
     else:
-        agent_run = load(pretrained.earlier_workdir(config), expect='agent')
+        agent_run = pretrained.load_earlier(config, load=load)
         agent_params = None
     wm = world_model if world_model is not None else agent_run.world_model()
     if tokenizer is not None:

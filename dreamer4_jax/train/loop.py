@@ -9,10 +9,12 @@ state), logs, evaluates, checkpoints every N steps and on SIGTERM, and stops on 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,10 +26,11 @@ from jax.experimental import multihost_utils
 
 from dreamer4_jax import config_checks, parallel
 from dreamer4_jax.checkpoint import Checkpointer
+from dreamer4_jax.errors import UserError
 from dreamer4_jax.train.metrics_writer import MetricsWriter
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A loss term became NaN or inf; the last good checkpoint is kept."""
 
 
@@ -111,8 +114,26 @@ def _agree(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def _close_quietly(ckpt: Checkpointer, writer: MetricsWriter) -> None:
+    """Closes both while an error propagates, without masking it (a failed async save would
+    re-raise in close())."""
+    with contextlib.suppress(Exception):
+        ckpt.close()
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+def _warn(text: str) -> None:
+    if jax.process_index() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
 def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunResult:
-    """Trains `phase` to config.train.steps, resuming from workdir if a checkpoint exists."""
+    """Trains `phase` to config.train.steps, resuming from workdir if a checkpoint exists.
+
+    Nothing is written before the first logged step or checkpoint: a run that stops on bad input
+    (config, data, an earlier phase's checkpoint) leaves the workdir as it found it.
+    """
     mesh_shape = config_checks.validate(config, workdir, jax.device_count(), jax.process_count())
     mesh = parallel.make_mesh(mesh_shape, jax.devices()[: math.prod(mesh_shape)])
     rules = tuple(tuple(r) for r in config.sharding_rules)
@@ -128,12 +149,17 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
     )
 
     start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings
-        )
-        state, step_rng = ckpt.restore(latest, abstract, data, config)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings
+    )
+    try:
+        restored = ckpt.restore_latest(abstract, data, config, warn=_warn)
+    except BaseException:
+        _close_quietly(ckpt, writer)
+        raise
+    latest = None
+    if restored is not None:
+        latest, state, step_rng = restored
         start = latest
         writer.message(f'resumed from {ckpt.directory}/{latest}')
     elif phase.warm_start is not None:
@@ -233,8 +259,10 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
                     save(total)
                 evaluate(total)
         ckpt.wait()
-    finally:
-        ckpt.close()
-        writer.close()
+    except BaseException:
+        _close_quietly(ckpt, writer)
+        raise
+    ckpt.close()
+    writer.close()
     final_step = int(jax.device_get(state.step))
     return RunResult(state, final_step, preempted, last_metrics, mesh)
