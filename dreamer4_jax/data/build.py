@@ -204,8 +204,11 @@ def _collect_craftax(cfg, stage, progress) -> dict[str, Any]:
 
 def _read_vpt(cfg, stage) -> dict[str, Any]:
     h, w, _ = frame_shape(cfg)
+    cursor = vpt.load_cursor(cfg.vpt.cursor_file) if cfg.vpt.draw_cursor else None
     for i, (video, actions) in enumerate(vpt.list_recordings(Path(cfg.vpt.dir))):
-        ep = vpt.read_recording(video, actions, height=h, width=w, strict=cfg.vpt.strict)
+        ep = vpt.read_recording(video, actions, height=h, width=w, strict=cfg.vpt.strict,
+                                cursor=cursor,
+                                release_stuck_attack=cfg.vpt.release_stuck_attack)  # fmt: skip
         stage({**ep, 'episode_id': i, 'policy': 'contractor'})
     return {}
 
