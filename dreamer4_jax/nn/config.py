@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 REMAT_POLICIES = ('none', 'full', 'dots')
-ATTENTION_IMPLS = ('einsum', 'dpa_xla', 'dpa_cudnn')
+ATTENTION_IMPLS = ('einsum', 'dpa_xla', 'dpa_cudnn', 'splash', 'splash_interpret')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -53,7 +53,9 @@ class TransformerConfig:
         the recompute), 'dots' (keep projection matmul outputs, recompute the rest), 'none'.
       attention_impl: 'einsum' (plain XLA einsums; supports every feature), 'dpa_xla' or
         'dpa_cudnn' (`jax.nn.dot_product_attention` with that implementation; no soft-cap;
-        cuDNN needs a GPU and bfloat16).
+        cuDNN needs a GPU and bfloat16), 'splash' (the Pallas splash kernel for TPU, with
+        soft-cap; cached inference keeps the einsum path) or 'splash_interpret' (the same
+        kernel in Pallas interpret mode, for CPU).
       final_norm: apply an RMSNorm to the stack's output.
     """
 
@@ -113,7 +115,7 @@ class TransformerConfig:
             bad(f'remat must be one of {REMAT_POLICIES}, got {self.remat!r}')
         if self.attention_impl not in ATTENTION_IMPLS:
             bad(f'attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}')
-        if self.attention_impl != 'einsum' and self.softcap is not None:
+        if self.attention_impl.startswith('dpa') and self.softcap is not None:
             bad(
                 f'attention_impl={self.attention_impl!r} has no logit soft-cap: set softcap=None '
                 "or use attention_impl='einsum'"
