@@ -3,16 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TPU_STAMP := $(VENV)/.installed-tpu
 WORKDIR ?= runs/demo
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv demo play test lint format bench clean
+.PHONY: venv demo play test lint format bench clean aot-table
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The tests also compile for compile-only TPU devices: they need the tpu extra (libtpu).
+$(TPU_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,tpu]'
+	touch $(TPU_STAMP)
 
 venv: $(STAMP)
 
@@ -30,7 +36,7 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: $(STAMP) lint
+test: $(TPU_STAMP) lint
 	$(PY) -m pytest -n 2 --durations=15 tests
 
 bench: $(STAMP)

@@ -3,6 +3,7 @@
 import json
 
 import av
+import jax
 import numpy as np
 import pytest
 
@@ -10,7 +11,7 @@ from dreamer4_jax import actions as A
 from dreamer4_jax.data import collect, vpt
 from dreamer4_jax.data.build import build_dataset
 from dreamer4_jax.data.config import default_data_config
-from dreamer4_jax.data.pipeline import make_dataset
+from dreamer4_jax.data.pipeline import batch_spec, make_dataset
 
 T_FRAMES, SRC_H, SRC_W = 6, 40, 72
 
@@ -156,6 +157,8 @@ def test_vpt_dataset_builds_and_batches(tmp_path):
     assert batch['action']['keys'].shape == (2, 4, 23) and batch['action']['mouse'].shape == (2, 4)
     assert batch['task_reward'].shape == (2, 4, 20)
     A.validate(batch['action'], A.minecraft_action_space(), batch['has_action'])
+    spec = jax.tree.map(lambda s: (s.shape, s.dtype), batch_spec(cfg, 2, window_length=4))
+    assert spec == jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), batch)
 
 
 def test_command_line_builds_reuses_and_rebuilds(tmp_path, capsys):

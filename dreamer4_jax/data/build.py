@@ -132,21 +132,21 @@ def ensure_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> 
     return build_dataset(cfg, progress=progress)
 
 
+def source_schema(source: str) -> tuple[ActionSpace, tuple[str, ...]]:
+    """(action space, task names) of the datasets a `config.data.source` builds."""
+    if source == 'craftax':
+        return craftax_action_space(), ACHIEVEMENT_NAMES
+    return minecraft_action_space(), vpt.MINECRAFT_TASKS
+
+
 def build_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> Path:
     """Builds the configured dataset (Craftax collection or VPT recordings) atomically."""
     check_data_config(cfg, for_build=True)
     if cfg.source == 'craftax':
-        produce, space, tasks = (
-            lambda stage: _collect_craftax(cfg, stage, progress),
-            craftax_action_space(),
-            ACHIEVEMENT_NAMES,
-        )
+        produce = lambda stage: _collect_craftax(cfg, stage, progress)
     else:
-        produce, space, tasks = (
-            lambda stage: _read_vpt(cfg, stage),
-            minecraft_action_space(),
-            vpt.MINECRAFT_TASKS,
-        )
+        produce = lambda stage: _read_vpt(cfg, stage)
+    space, tasks = source_schema(cfg.source)
     return _build_atomic(cfg, produce, space, tasks, collection_settings(cfg))
 
 
