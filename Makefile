@@ -42,5 +42,9 @@ test: $(TPU_STAMP) lint
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out=benchmarks/results/bench.json
 
+# Paper-scale phases compiled ahead of time for v5p / v6e pods (README table; minutes each).
+aot-table: $(TPU_STAMP)
+	$(PY) -m benchmarks.aot_table
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
