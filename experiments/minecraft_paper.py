@@ -49,8 +49,9 @@ VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
 
 CHIPS = 256  # PAPER 8: 256 to 1024 TPU v5p, batch 1 per chip
 
-# Shared by every transformer: bf16 matmuls, full remat, the TPU attention kernel.
-TPU_BLOCK = dict(dtype='bfloat16', remat='full', attention_impl='splash')
+# Shared by every transformer: bf16 matmuls, full remat, the TPU attention kernel, and
+# layers scanned by groups of 4 (compile time and host memory; same function).
+TPU_BLOCK = dict(dtype='bfloat16', remat='full', attention_impl='splash', scan_layers=True)
 
 
 def paper_tokenizer():
