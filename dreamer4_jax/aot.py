@@ -8,8 +8,9 @@ jax); `jax.experimental.topologies` then gives compile-only devices of the topol
 step compiles for them without hardware. What is compiled is the loop's own step
 (`loop.jit_train_step`: same function, shardings and donation) on the mesh the run would build,
 with abstract state, batch (`pipeline.batch_spec`) and constants; earlier phases' weights
-(the frozen tokenizer, the phase-2 model, ...) are abstract too, built from the earlier
-variants of the same experiment file (see `EARLIER`).
+(the frozen tokenizer, the phase-2 model, ...) are abstract too (`pretrained.abstract`), built
+from the variants of the same experiment file named after their phases: the dynamics variant's
+tokenizer is the `tokenizer` variant, the agent's dynamics model the `dynamics` variant, ...
 
 Printed and written as JSON: parameters (trained, and frozen constants), per-chip memory
 (arguments, outputs, temporaries, total) against the chip's HBM, FLOPs per step, and the step
@@ -27,13 +28,16 @@ A program that does not fit prints one line with the memory needed and available
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
 import json
 import math
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -63,12 +67,8 @@ CHIPS = {
     'v6e': Chip('TPU v6e', int(31.25 * GiB), 918e12),
 }
 
-# variant -> (field holding the earlier phase's workdir, the earlier variant of the same file).
-EARLIER = {
-    'dynamics': ('dynamics.tokenizer_workdir', 'tokenizer'),
-    'agent': ('agent.dynamics_workdir', 'dynamics'),
-    'imagination': ('imagination.agent_workdir', 'agent'),
-}
+# Earlier runs of an AOT compile are named 'aot:<variant>': the variant of the same experiment file.
+AOT_RUN = 'aot:'
 
 
 class DoesNotFit(RuntimeError):
@@ -127,25 +127,48 @@ def _without_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return config
 
 
-def make_phase(config: ml_collections.ConfigDict):
-    """The phase of `config` with earlier phases' weights abstract (tokenizer: none needed)."""
+def _linked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy whose earlier-run workdir (if its phase has one) names that phase's variant."""
+    from dreamer4_jax import pretrained
+
+    config = copy.deepcopy(config)
+    if str(config.phase) in pretrained.EARLIER:
+        field, earlier = pretrained.EARLIER[str(config.phase)]
+        section, name = field.split('.')
+        config[section][name] = AOT_RUN + earlier
+    return config
+
+
+def make_phase(
+    config: ml_collections.ConfigDict,
+    experiment: str | None = None,
+    edit: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict] = lambda c: c,
+):
+    """The phase of `config`; earlier runs are abstract (pretrained.abstract), each built from
+    the variant of the experiment file `experiment` named after its phase (tokenizer,
+    dynamics, agent): nothing is read from a checkpoint. `edit` applies to every config."""
+    from dreamer4_jax import config_checks, pretrained
     from dreamer4_jax.train import phases
 
-    if config.phase not in EARLIER:
-        return phases.make_phase(config)
-    if config.phase == 'dynamics':
-        import flax.linen as nn
-        import jax.numpy as jnp
+    if str(config.phase) not in pretrained.EARLIER:
+        return phases.make_phase(edit(config))
+    if not experiment:
+        raise config_checks.ConfigError(
+            f'ahead-of-time compilation of phase {config.phase!r} builds its earlier runs from '
+            'the same experiment file: pass --config=FILE:VARIANT'
+        )
+    path = experiment.partition(':')[0]
 
-        from dreamer4_jax.model_configs import tokenizer_config_from
-        from dreamer4_jax.tokenizer import Tokenizer
-        from dreamer4_jax.train import dynamics_phase
+    def config_of(workdir: str) -> ml_collections.ConfigDict:
+        if not workdir.startswith(AOT_RUN):
+            raise ValueError(f'ahead-of-time compilation reads no checkpoint ({workdir!r})')
+        return edit(_linked(config_checks.load_config(f'{path}:{workdir[len(AOT_RUN) :]}')))
 
-        tok_cfg = tokenizer_config_from(config.tokenizer)
-        dummy = jnp.zeros((1, 1, tok_cfg.height, tok_cfg.width, 3))
-        params = nn.unbox(jax.eval_shape(Tokenizer(tok_cfg).init, jax.random.key(0), dummy))
-        return dynamics_phase.make_phase(config, tokenizer=(params['params'], tok_cfg))
-    raise NotImplementedError(f'ahead-of-time compilation of phase {config.phase!r}')
+    def load(workdir: str, **_) -> pretrained.Pretrained:
+        return pretrained.abstract(config_of(workdir), config_of, workdir)
+
+    module = importlib.import_module(phases.PHASES[str(config.phase)])
+    return module.make_phase(edit(_linked(config)), load=load)
 
 
 def _does_not_fit(message: str, chip: Chip) -> DoesNotFit | None:
@@ -165,15 +188,15 @@ def _does_not_fit(message: str, chip: Chip) -> DoesNotFit | None:
     )
 
 
-def _trace(config, mesh, rules, rng):
-    """(traced step, abstract state, phase) of the loop's step for `config` on `mesh`."""
+def _trace(config, mesh, rules, rng, experiment, edit=lambda c: c):
+    """(traced step, abstract state, constants) of the loop's step for `config` on `mesh`."""
     import flax.linen as nn
 
     from dreamer4_jax import parallel
     from dreamer4_jax.data.pipeline import batch_spec
     from dreamer4_jax.train import loop
 
-    phase = make_phase(config)
+    phase = make_phase(config, experiment, edit)
     with nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(phase.init, rng)
     shardings = parallel.logical_shardings(boxed, mesh, rules)
@@ -190,10 +213,15 @@ def _trace(config, mesh, rules, rng):
 
 
 def compile_step(
-    config: ml_collections.ConfigDict, topology: str, num_slices: int | None = None
+    config: ml_collections.ConfigDict,
+    topology: str,
+    num_slices: int | None = None,
+    *,
+    experiment: str | None = None,
 ) -> dict:
     """Compiles config's train step for the topology; returns the report (see module doc).
 
+    `experiment` (FILE[:VARIANT]) is where the earlier runs of a later phase come from.
     Raises DoesNotFit when the program needs more HBM per chip than the chip has.
     """
     from dreamer4_jax import config_checks, parallel
@@ -210,9 +238,9 @@ def compile_step(
     rng = jax.random.key(0)
 
     start = time.perf_counter()
-    traced, state, consts = _trace(config, mesh, rules, rng)
+    traced, state, consts = _trace(config, mesh, rules, rng, experiment)
     flops = count_flops(traced.jaxpr)
-    model = count_flops(_trace(_without_remat(config), mesh, rules, rng)[0].jaxpr)
+    model = count_flops(_trace(config, mesh, rules, rng, experiment, _without_remat)[0].jaxpr)
     traced_at = time.perf_counter()
     try:
         compiled = traced.lower().compile()
@@ -293,11 +321,15 @@ def summary(report: dict) -> str:
 
 def main(argv: list[str]) -> None:
     from absl import flags
+    from ml_collections import config_flags
 
     del argv
     config = flags.FLAGS.config
+    experiment = config_flags.get_config_filename(flags.FLAGS['config'])
     try:
-        report = compile_step(config, flags.FLAGS.topology, flags.FLAGS.num_slices)
+        report = compile_step(
+            config, flags.FLAGS.topology, flags.FLAGS.num_slices, experiment=experiment
+        )
     except DoesNotFit as e:
         print(str(e))
         sys.exit(2)

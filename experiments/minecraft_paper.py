@@ -25,17 +25,20 @@ data; imagination with gamma 0.997, PMPO alpha 0.5, beta 0.3; FSDP with batch 1 
 
 Not in the paper [U] (choices here, each one config field):
   tokenizer        2 x 12 blocks at width 1024, 16 heads (406M together);
-                   data.window_length 16 frames; LPIPS on the last 4 frames of each window.
+                   data.window_length 16 frames (also its time window); LPIPS on the last 4
+                   frames of each window.
   dynamics         30 blocks at width 1920, 30 query heads of 64 with 3 KV heads (S9's
                    shape; 1.571B parameters), SwiGLU ratio 4, 32 registers, 1 action token,
-                   K_max 64;
+                   K_max 64; every row pays the bootstrap teacher passes (teacher_rows 1);
                    every 10th step long (S9: 10 %), long batches only from step 540k of 600k.
   agent            1 agent token, heads of 1 x 1024, window 64 frames (T1), 100k steps.
   imagination      8 real context frames, horizon 32, lambda 0.95, 1000 value-only warm-up
                    steps, window 16 frames (the first 8 start rollouts), 50k steps.
   all              AdamW (not S9's Muon), lr 3e-4, 5k warm-up steps, bfloat16 matmuls,
-                   remat 'full', Pallas splash attention; batch 256 (1 per chip on 256 chips:
-                   set train.batch_size to the chip count on other pods).
+                   remat 'full', Pallas splash attention, layers scanned in groups of 4;
+                   batch 256 (1 per chip on 256 chips: set train.batch_size to the chip
+                   count on other pods); mesh: FSDP over all chips for the tokenizer, over
+                   groups of 64 chips (data parallel across groups) for the world model.
 The compiled memory, FLOPs and step-time bounds of every variant on v5p pods are in README.md
 ("Paper scale on TPU pods"), measured with `python -m dreamer4_jax.aot`.
 """
@@ -56,7 +59,9 @@ TPU_BLOCK = dict(dtype='bfloat16', remat='full', attention_impl='splash', scan_l
 
 def paper_tokenizer():
     """PAPER 4.2: 384x640 frames, 16x16 patches (960), 512 latents x 16 channels, ~400M."""
-    block = dict(width=1024, depth=12, num_heads=16, time_every=4, time_window=192, **TPU_BLOCK)
+    # Time window = its training window (16 frames): later phases encode 256-frame windows and
+    # the tokenizer must not attend further back than it learned to.
+    block = dict(width=1024, depth=12, num_heads=16, time_every=4, time_window=16, **TPU_BLOCK)
     return mc.tokenizer_config_dict(
         height=384,
         width=640,
@@ -91,6 +96,9 @@ def paper_dynamics():
         short_length=64,  # T1; T2 = data.window_length = 256
         long_every=10,
         long_only_after=540_000,  # the long-only finetune: the last 10 % of the steps
+        # With one row per chip, a quarter of the rows cannot be split over all chips (the
+        # teacher passes would be replicated): every row holds bootstrap frames.
+        teacher_rows=1.0,
         eval_context=32,
         eval_horizon=32,
     )
@@ -104,7 +112,10 @@ def get_config(arg: str | None = None):
         )
     c = base_config()
     c.phase = variant
-    c.mesh.shape = (1, -1, 1)  # FSDP over every chip (multi-slice: (num_slices, -1, 1))
+    # FSDP over every chip for the tokenizer (width 1024); the world model (width 1920 =
+    # 30 x 64) shards over groups of 64 chips, data parallel across the groups. Multi-slice:
+    # num_slices must divide the data axis.
+    c.mesh.shape = (1, -1, 1) if variant == 'tokenizer' else (-1, 64, 1)
 
     c.data = default_data_config()
     c.data.source = 'vpt'
@@ -119,7 +130,9 @@ def get_config(arg: str | None = None):
 
     c.tokenizer = paper_tokenizer()
     c.dynamics = paper_dynamics()
-    c.agent = mc.agent_config_dict(num_tasks=len(MINECRAFT_TASKS), head_hidden=1024)
+    c.agent = mc.agent_config_dict(
+        num_tasks=len(MINECRAFT_TASKS), head_hidden=1024, teacher_rows=1.0
+    )
     c.imagination = mc.imagination_config_dict(context=8, horizon=32, policy_warmup=1000)
 
     c.train.batch_size = CHIPS

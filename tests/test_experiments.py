@@ -63,7 +63,7 @@ def test_unknown_variant_is_a_clear_error():
         minecraft_paper.get_config('nope')
 
 
-@pytest.mark.parametrize('name', ['craftax_tiny', 'craftax_small'])
+@pytest.mark.parametrize('name', ['craftax_tiny', 'craftax_small', 'minecraft_paper'])
 def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
     """Later phases encode longer windows than the tokenizer trained on: its time window must
     cap what it attends to at the training length (issue: use matches training)."""
