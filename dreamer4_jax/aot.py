@@ -40,8 +40,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
+from absl import app, flags
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+from dreamer4_jax import config_checks, parallel, pretrained
+from dreamer4_jax.data.pipeline import batch_spec
+from dreamer4_jax.jaxpr_flops import count_flops
+from dreamer4_jax.train import loop, phases
 
 GiB = 2**30
 
@@ -88,8 +97,6 @@ def parse_topology(topology: str) -> tuple[Chip, int]:
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
     """Compile-only TPU devices of `num_slices` slices of this topology (needs libtpu)."""
-    from jax.experimental import topologies
-
     # Compile-only use never runs on a TPU, so several processes may load libtpu at once
     # (otherwise the second one fails on libtpu's lockfile).
     os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
@@ -129,8 +136,6 @@ def _without_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def _linked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy whose earlier-run workdir (if its phase has one) names that phase's variant."""
-    from dreamer4_jax import pretrained
-
     config = copy.deepcopy(config)
     if str(config.phase) in pretrained.EARLIER:
         field, earlier = pretrained.EARLIER[str(config.phase)]
@@ -147,9 +152,6 @@ def make_phase(
     """The phase of `config`; earlier runs are abstract (pretrained.abstract), each built from
     the variant of the experiment file `experiment` named after its phase (tokenizer,
     dynamics, agent): nothing is read from a checkpoint. `edit` applies to every config."""
-    from dreamer4_jax import config_checks, pretrained
-    from dreamer4_jax.train import phases
-
     if str(config.phase) not in pretrained.EARLIER:
         return phases.make_phase(edit(config))
     if not experiment:
@@ -190,12 +192,6 @@ def _does_not_fit(message: str, chip: Chip) -> DoesNotFit | None:
 
 def _trace(config, mesh, rules, rng, experiment, edit=lambda c: c):
     """(traced step, abstract state, constants) of the loop's step for `config` on `mesh`."""
-    import flax.linen as nn
-
-    from dreamer4_jax import parallel
-    from dreamer4_jax.data.pipeline import batch_spec
-    from dreamer4_jax.train import loop
-
     phase = make_phase(config, experiment, edit)
     with nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(phase.init, rng)
@@ -224,9 +220,6 @@ def compile_step(
     `experiment` (FILE[:VARIANT]) is where the earlier runs of a later phase come from.
     Raises DoesNotFit when the program needs more HBM per chip than the chip has.
     """
-    from dreamer4_jax import config_checks, parallel
-    from dreamer4_jax.jaxpr_flops import count_flops
-
     chip, _ = parse_topology(topology)
     slices = int(config.mesh.get('num_slices', 1)) if num_slices is None else int(num_slices)
     devices = topology_devices(topology, slices)
@@ -320,9 +313,6 @@ def summary(report: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
     del argv
     config = flags.FLAGS.config
     experiment = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -340,11 +330,6 @@ def main(argv: list[str]) -> None:
 
 
 def entry() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    from dreamer4_jax import config_checks
-
     config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
     flags.DEFINE_string('topology', 'v5p:8x8x4', 'TPU topology, e.g. v5p:8x8x4 or v6e:16x16.')
     flags.DEFINE_integer('num_slices', None, 'Slices (default: config.mesh.num_slices).')

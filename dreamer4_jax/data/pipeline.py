@@ -38,6 +38,7 @@ import sys
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
@@ -258,8 +259,6 @@ def batch_spec(
     A dict like the batch with `jax.ShapeDtypeStruct` leaves (for ahead-of-time compilation,
     dreamer4_jax.aot); the action space and task count follow `data_config.source`.
     """
-    import jax
-
     space, tasks = source_schema(data_config.source)
     bt = (int(batch_size), int(window_length or data_config.window_length))
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, np.dtype(dtype))

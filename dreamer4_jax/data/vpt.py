@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import imageio.v3 as iio
 import numpy as np
 
 from dreamer4_jax import actions as A
@@ -203,8 +204,6 @@ Cursor = tuple[np.ndarray, np.ndarray]  # (rgb uint8 [16, 16, 3], alpha float [1
 def load_cursor(path: str | Path | None = None) -> Cursor:
     """The cursor image: a 16x16 RGBA PNG (the reference's cursor file) or the built-in arrow."""
     if path:
-        import imageio.v3 as iio
-
         rgba = np.asarray(iio.imread(Path(path)))
         if rgba.ndim != 3 or rgba.shape[2] != 4:
             raise ValueError(f'cursor image {path} must be RGBA, got shape {rgba.shape}')
