@@ -138,6 +138,8 @@ class Attention(nn.Module):
         mask_TM = frame_mask(frame_pos_T, k_pos_M, cfg.time_window, k_valid_M)
         mask = independent_frame_mask(mask_TM, frame_pos_T, k_pos_M, independent_B)
         m = k_BMSNK.shape[1]
+        # The splash kernel needs static masks: reading a KV cache uses the einsum path.
+        impl = 'einsum' if cfg.attention_impl in SPLASH_IMPLS else cfg.attention_impl
         if self.kind == 'time':
             # Axial (PAPER 3.1): slot i reads slot i of earlier frames; batch dims (B, S).
             mask = mask if mask.ndim == 2 else mask[:, None]  # [B, 1, T, M] over X = (B, S)
@@ -147,7 +149,7 @@ class Attention(nn.Module):
                 jnp.swapaxes(v_BMSNK, 1, 2),
                 mask,
                 softcap=cfg.softcap,
-                impl=cfg.attention_impl,
+                impl=impl,
             )
             return jnp.swapaxes(o, 1, 2)
         # Dense ablation (PAPER 12.3): all tokens of allowed frames, modality rule across frames.
@@ -159,7 +161,7 @@ class Attention(nn.Module):
             v_BMSNK.reshape(b, m * s, *v_BMSNK.shape[3:]),
             full,
             softcap=cfg.softcap,
-            impl=cfg.attention_impl,
+            impl=impl,
         )
         return o.reshape(q_BTSNGK.shape)
 
