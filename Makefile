@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TPU_STAMP := $(VENV)/.installed-tpu
 WORKDIR ?= runs/demo
 # Extra demo flags, e.g. make demo DEMO_ARGS='--stages=data,tokenizer --steps_scale=0.1'
 DEMO_ARGS ?=
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv demo play test lint format bench clean
+.PHONY: venv demo play test lint format bench clean aot-table
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The tests also compile for compile-only TPU devices: they need the tpu extra (libtpu).
+$(TPU_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,tpu]'
+	touch $(TPU_STAMP)
 
 venv: $(STAMP)
 
@@ -32,11 +38,15 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: $(STAMP) lint
+test: $(TPU_STAMP) lint
 	$(PY) -m pytest -n 2 --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out=benchmarks/results/bench.json
+
+# Paper-scale phases compiled ahead of time for v5p / v6e pods (README table; minutes each).
+aot-table: $(TPU_STAMP)
+	$(PY) -m benchmarks.aot_table
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

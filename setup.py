@@ -35,5 +35,8 @@ setup(
         # selenium drives Debian's chromium + chromium-driver in the play page test.
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'selenium>=4.20'],
         'dev': ['pytest>=8', 'pytest-xdist>=3.5', 'selenium>=4.20', 'ruff>=0.6'],
+        # TPU runtime, and compile-only TPU devices for ahead-of-time compilation on any host
+        # (dreamer4_jax.aot); jax[tpu] pins the libtpu that matches jax (213 MB wheel).
+        'tpu': ['jax[tpu]>=0.10.0,<0.11'],
     },
 )

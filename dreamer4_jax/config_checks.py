@@ -137,6 +137,16 @@ def check_batch_size(batch_size: int, mesh_shape: Sequence[int], process_count: 
         )
 
 
+def check_slices(num_slices: int, mesh_shape: Sequence[int]) -> None:
+    """Multi-slice meshes put the data axis across slices: it must split evenly over them."""
+    if num_slices < 1 or mesh_shape[0] % num_slices:
+        raise ConfigError(
+            f'config.mesh.num_slices={num_slices} must be >= 1 and divide the data axis of '
+            f'config.mesh.shape={tuple(mesh_shape)} (data parallel across slices, FSDP within): '
+            f'e.g. config.mesh.shape=({num_slices}, -1, 1).'
+        )
+
+
 def check_workdir(workdir: str) -> None:
     """The workdir may not exist yet, but its parent must (we never create deep trees by typo),
     and the nearest existing one of the two must be writable."""
@@ -199,5 +209,6 @@ def validate(
     check_train(config)
     num_devices = devices_to_use(config, num_devices, process_count)
     mesh_shape = resolve_mesh_shape(config.mesh.shape, num_devices)
+    check_slices(int(config.mesh.get('num_slices', 1)), mesh_shape)
     check_batch_size(int(config.train.batch_size), mesh_shape, process_count)
     return mesh_shape

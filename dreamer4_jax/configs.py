@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)
     c.mesh.num_devices = 0  # 0: every device; n: the first n (single-process runs only)
+    # Multi-slice TPU: the data axis spans this many slices (data parallel across slices, FSDP
+    # and model parallel within each), e.g. shape (2, -1, 1) with num_slices=2.
+    c.mesh.num_slices = 1
     c.sharding_rules = DEFAULT_SHARDING_RULES
 
     # Multi-host: set num_processes > 1 (or run on a TPU pod, where jax discovers it).

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -40,12 +41,25 @@ def maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, model) mesh; `mesh_shape` must already be resolved (no -1)."""
+def make_mesh(
+    mesh_shape: Sequence[int],
+    devices: Sequence[jax.Device] | None = None,
+    num_slices: int = 1,
+) -> Mesh:
+    """A (data, fsdp, model) mesh; `mesh_shape` must already be resolved (no -1).
+
+    num_slices > 1 (multi-slice TPU): the data axis spans the slices (data parallel over the
+    slow data-center network) and everything else stays within a slice (FSDP and model
+    parallel over the fast inter-chip links); the data size must be a multiple of num_slices.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if math.prod(mesh_shape) != len(devices):
         raise ValueError(f'mesh shape {tuple(mesh_shape)} does not match {len(devices)} devices')
-    grid = np.asarray(devices, dtype=object).reshape(tuple(mesh_shape))
+    if num_slices > 1:
+        per_slice = (mesh_shape[0] // num_slices, *mesh_shape[1:])
+        grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices)
+    else:
+        grid = np.asarray(devices, dtype=object).reshape(tuple(mesh_shape))
     # Classic auto-sharding axes: model code never sees the mesh, jit propagates shardings.
     return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 

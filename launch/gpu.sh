@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run one experiment on the GPUs of this machine (one process drives all local GPUs).
 #
-#   launch/gpu.sh experiments/craftax_small.py runs/small [--config.overrides ...]
+#   launch/gpu.sh experiments/craftax_small.py:tokenizer runs/small/tokenizer [--config.overrides ...]
+#
+# Variants of experiments/craftax_small.py: tokenizer, dynamics, agent, imagination (its
+# docstring lists the chain of workdirs each later phase needs).
 #
 # Multi-node GPU: run this on every node with
 #   --config.distributed.enabled=True --config.distributed.coordinator_address=HOST0:12345

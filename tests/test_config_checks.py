@@ -25,6 +25,12 @@ def test_unknown_field_names_field_and_alternatives():
     config_checks.check_overrides(config, ['train.steps', 'toy.width'])  # known: no error
 
 
+def test_slices_must_divide_the_data_axis():
+    config_checks.check_slices(2, (2, 4, 1))  # data parallel across 2 slices, FSDP within
+    with pytest.raises(ConfigError, match=r'num_slices=2 must be >= 1 and divide the data axis'):
+        config_checks.check_slices(2, (1, 8, 1))
+
+
 def test_override_paths_parses_argv():
     argv = ['prog', '--config=x.py', '--config.train.steps=3', '--config.mesh.shape', '(1,1,1)']
     assert config_checks.override_paths(argv) == ['train.steps', 'mesh.shape']

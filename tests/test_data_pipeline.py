@@ -103,6 +103,10 @@ def test_schema_dtypes_and_shapes(cfg):
     assert batch['action']['discrete'].dtype == np.int32
     assert set(batch) == set(want) | {'action'}
     check_provenance(batch)
+    # batch_spec (used for ahead-of-time compilation) describes exactly this batch.
+    spec = pipeline.batch_spec(cfg, B)
+    got = jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), batch)
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), spec) == got
 
 
 def test_windows_respect_episode_boundaries(cfg):

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer4_jax.model_configs import tokenizer_config_from
+from dreamer4_jax import config_checks
+from dreamer4_jax.dynamics import Dynamics, init_params
+from dreamer4_jax.model_configs import dynamics_config_from, tokenizer_config_from
 from dreamer4_jax.tokenizer import Tokenizer
 from experiments import minecraft_paper
 
@@ -31,12 +33,37 @@ def test_paper_tokenizer_builds_abstractly_with_about_400m_params():
     assert 380e6 < n < 420e6  # PAPER 4.2: about 400M
 
 
+def test_paper_dynamics_has_about_1p6b_params_and_the_paper_token_layout():
+    config = minecraft_paper.get_config('dynamics')
+    model = Dynamics(dynamics_config_from(config.dynamics, tokenizer_config_from(config.tokenizer)))
+    c = model.config
+    assert c.num_latents // c.pack == 256 and c.latent_dim * c.pack == 32  # PAPER 4.2
+    t = c.transformer
+    assert t.kv_heads < t.num_heads and c.num_registers > 0 and t.time_window == 192
+    assert config.dynamics.short_length == 64 and config.data.window_length == 256  # T1 / T2
+    assert 0 < config.dynamics.long_only_after < config.train.steps  # long-only finetune
+    n = _param_count(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
+    print(f'paper dynamics parameters: {n / 1e9:.3f}B')
+    assert 1.5e9 < n < 1.7e9  # PAPER 8: 1.6B
+
+
+@pytest.mark.parametrize('variant', minecraft_paper.VARIANTS)
+def test_paper_variants_read_vpt_data_and_fit_a_256_chip_mesh(variant):
+    config = minecraft_paper.get_config(variant)
+    assert config.phase == variant and config.data.source == 'vpt'
+    assert (config.data.resolution, config.data.width) == (384, 640)
+    config_checks.check_train(config)
+    shape = config_checks.resolve_mesh_shape(config.mesh.shape, 256)
+    config_checks.check_batch_size(int(config.train.batch_size), shape, 64)  # 64 hosts x 4
+    assert config.agent.num_tasks == 20
+
+
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(ValueError, match='unknown variant'):
         minecraft_paper.get_config('nope')
 
 
-@pytest.mark.parametrize('name', ['craftax_tiny', 'craftax_small'])
+@pytest.mark.parametrize('name', ['craftax_tiny', 'craftax_small', 'minecraft_paper'])
 def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
     """Later phases encode longer windows than the tokenizer trained on: its time window must
     cap what it attends to at the training length (issue: use matches training)."""

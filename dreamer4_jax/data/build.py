@@ -215,21 +215,21 @@ def ensure_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> 
     return build_dataset(cfg, progress=progress)
 
 
+def source_schema(source: str) -> tuple[ActionSpace, tuple[str, ...]]:
+    """(action space, task names) of the datasets a `config.data.source` builds."""
+    if source == 'craftax':
+        return craftax_action_space(), ACHIEVEMENT_NAMES
+    return minecraft_action_space(), vpt.MINECRAFT_TASKS
+
+
 def build_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> Path:
     """Builds the configured dataset (Craftax collection or VPT recordings) atomically."""
     check_data_config(cfg, for_build=True)
     if cfg.source == 'craftax':
-        produce, space, tasks = (
-            lambda stage: _collect_craftax(cfg, stage, progress),
-            craftax_action_space(),
-            ACHIEVEMENT_NAMES,
-        )
+        produce = lambda stage: _collect_craftax(cfg, stage, progress)
     else:
-        produce, space, tasks = (
-            lambda stage: _read_vpt(cfg, stage),
-            minecraft_action_space(),
-            vpt.MINECRAFT_TASKS,
-        )
+        produce = lambda stage: _read_vpt(cfg, stage)
+    space, tasks = source_schema(cfg.source)
     return _build_atomic(cfg, produce, space, tasks, collection_settings(cfg))
 
 
@@ -287,8 +287,11 @@ def _collect_craftax(cfg, stage, progress) -> dict[str, Any]:
 
 def _read_vpt(cfg, stage) -> dict[str, Any]:
     h, w, _ = frame_shape(cfg)
+    cursor = vpt.load_cursor(cfg.vpt.cursor_file) if cfg.vpt.draw_cursor else None
     for i, (video, actions) in enumerate(vpt.list_recordings(Path(cfg.vpt.dir))):
-        ep = vpt.read_recording(video, actions, height=h, width=w, strict=cfg.vpt.strict)
+        ep = vpt.read_recording(video, actions, height=h, width=w, strict=cfg.vpt.strict,
+                                cursor=cursor,
+                                release_stuck_attack=cfg.vpt.release_stuck_attack)  # fmt: skip
         stage({**ep, 'episode_id': i, 'policy': 'contractor'})
     return {}
 

@@ -62,6 +62,11 @@ def config_from_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, bo
     p.add_argument('--vpt_dir', default='', help='recordings folder for --source=vpt')
     p.add_argument('--vpt_lenient', action='store_true',
                    help='cut video and jsonl to the shorter one instead of failing')  # fmt: skip
+    p.add_argument('--vpt_cursor_file', default='',
+                   help='16x16 RGBA cursor PNG for open GUIs (default: an arrow)')  # fmt: skip
+    p.add_argument('--vpt_no_cursor', action='store_true', help='do not draw the GUI cursor')
+    p.add_argument('--vpt_keep_stuck_attack', action='store_true',
+                   help='keep an attack button stuck down from the first tick')  # fmt: skip
     p.add_argument('--force', action='store_true', help='delete and rebuild an existing dataset')
     p.add_argument('--no_progress', action='store_true')
     args = p.parse_args(argv)
@@ -74,6 +79,9 @@ def config_from_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, bo
     )
     cfg.vpt.dir = args.vpt_dir
     cfg.vpt.strict = not args.vpt_lenient
+    cfg.vpt.cursor_file = args.vpt_cursor_file
+    cfg.vpt.draw_cursor = not args.vpt_no_cursor
+    cfg.vpt.release_stuck_attack = not args.vpt_keep_stuck_attack
     return cfg, args.force, not args.no_progress
 
 

@@ -66,6 +66,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.vpt = ml_collections.ConfigDict()
     c.vpt.dir = ''  # folder of <id>.mp4 + <id>.jsonl recordings (source='vpt')
     c.vpt.strict = True  # jsonl lines must match video frames one to one
+    # Reference-loader steps (openai/Video-Pre-Training data_loader.py; see data/vpt.py):
+    c.vpt.draw_cursor = True  # draw the mouse cursor into frames while a GUI is open
+    c.vpt.cursor_file = ''  # 16x16 RGBA cursor PNG ('' = built-in arrow of the same size)
+    c.vpt.release_stuck_attack = True  # drop an attack button stuck down from the first tick
     return c
 
 
@@ -126,6 +130,8 @@ def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False
             fail('collect.policy_mix', f'{mix} needs weights >= 0 over {POLICY_NAMES}, sum > 0')
     elif not cfg.vpt.dir or not Path(cfg.vpt.dir).is_dir():
         fail('vpt.dir', f'{cfg.vpt.dir!r} is not a folder of <id>.mp4 + <id>.jsonl recordings')
+    elif cfg.vpt.cursor_file and not Path(cfg.vpt.cursor_file).is_file():
+        fail('vpt.cursor_file', f'{cfg.vpt.cursor_file!r} is not a file (a 16x16 RGBA PNG)')
 
 
 def collection_settings(cfg: ml_collections.ConfigDict) -> dict:
@@ -138,4 +144,7 @@ def collection_settings(cfg: ml_collections.ConfigDict) -> dict:
         col.pop('chunk_steps')  # speed only
         col.pop('num_envs')
         return {**base, **col}
-    return {**base, 'vpt_dir': str(cfg.vpt.dir), 'strict': bool(cfg.vpt.strict)}
+    v = cfg.vpt
+    return {**base, 'vpt_dir': str(v.dir), 'strict': bool(v.strict),
+            'draw_cursor': bool(v.draw_cursor), 'cursor_file': str(v.cursor_file),
+            'release_stuck_attack': bool(v.release_stuck_attack)}  # fmt: skip

@@ -38,13 +38,14 @@ import sys
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dreamer4_jax.actions import mask_actions
-from dreamer4_jax.data.build import DatasetMeta, SplitMeta, load_meta
-from dreamer4_jax.data.config import MODES, DataError
+from dreamer4_jax.data.build import DatasetMeta, SplitMeta, load_meta, source_schema
+from dreamer4_jax.data.config import MODES, DataError, frame_shape
 
 Batch = dict[str, Any]
 
@@ -256,3 +257,25 @@ def make_dataset(
     if cfg.num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(cfg.num_workers)))
     return ds
+
+
+def batch_spec(
+    data_config: ml_collections.ConfigDict, batch_size: int, window_length: int | None = None
+) -> Batch:
+    """Shapes and dtypes of a batch as `make_dataset` yields it, without reading any data.
+
+    A dict like the batch with `jax.ShapeDtypeStruct` leaves (for ahead-of-time compilation,
+    dreamer4_jax.aot); the action space and task count follow `data_config.source`.
+    """
+    space, tasks = source_schema(data_config.source)
+    bt = (int(batch_size), int(window_length or data_config.window_length))
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+    flags = ('has_action', 'is_first', 'is_last', 'is_terminal', 'relevant')
+    return {
+        'image': spec((*bt, *frame_shape(data_config)), np.uint8),
+        'action': {c.name: spec((*bt, *c.event_shape), c.dtype) for c in space.components},
+        **{k: spec(bt, bool) for k in flags},
+        'reward': spec(bt, np.float32),
+        'task_reward': spec((*bt, len(tasks)), np.float32),
+        **{k: spec(bt, np.int32) for k in ('task_id', 'episode_id', 'step')},
+    }

@@ -21,6 +21,18 @@ world model needs the full video.
 
 Frames are resized with their aspect ratio kept to fit H x W, then zero-padded at the bottom and
 right (PAPER 4.2 pads 360x640 to 384x640).
+
+Two steps of the reference data loader (openai/Video-Pre-Training, data_loader.py) are applied:
+- Cursor: the recorder does not capture the mouse cursor, so while a GUI is open ("isGuiOpen")
+  a 16x16 cursor is drawn into the frame at the recorded mouse position ("mouse" x, y are in
+  the 1280x720 recording resolution; scaled by video height / 720), before resizing. Without it
+  GUI crafting is invisible to the world model and the policy. The reference draws its
+  mouse_cursor_white_16x16.png; `data.vpt.cursor_file` loads that PNG (RGBA) if you have it,
+  otherwise a white arrow with a black outline of the same size is drawn (CURSOR_ARROW).
+- Stuck attack: some recordings start with the attack button held down (the first tick's
+  "newButtons" is [0]) although the player is not attacking; it stays down until the player
+  presses attack anew. Until that tick the attack button is dropped (the tick of the new press
+  keeps it).
 """
 
 from __future__ import annotations
@@ -31,10 +43,35 @@ from pathlib import Path
 from typing import Any
 
 import av
+import imageio.v3 as iio
 import numpy as np
 
 from dreamer4_jax import actions as A
 from dreamer4_jax.data.config import DataError, MissingDataError
+
+# The recorder's GUI mouse coordinates are pixels of a 720-line screen (reference data loader).
+RECORDING_HEIGHT_PX = 720
+
+# A 16x16 arrow cursor: '#' black outline, 'o' white fill, '.' transparent (the tip at (0, 0)
+# is the mouse position, as with the reference's top-left-anchored cursor image).
+CURSOR_ARROW = (
+    '#...............',
+    '##..............',
+    '#o#.............',
+    '#oo#............',
+    '#ooo#...........',
+    '#oooo#..........',
+    '#ooooo#.........',
+    '#oooooo#........',
+    '#ooooooo#.......',
+    '#oooooooo#......',
+    '#ooooo#####.....',
+    '#oo#oo#.........',
+    '#o#.#oo#........',
+    '##..#oo#........',
+    '#....#oo#.......',
+    '......##........',
+)  # fmt: skip
 
 MINECRAFT_TASKS: tuple[str, ...] = (
     'mine_log', 'mine_cobblestone', 'mine_iron_ore', 'mine_coal', 'mine_diamond',
@@ -95,17 +132,35 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return ticks
 
 
-def convert_actions(ticks: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+def stuck_attack_ticks(ticks: Sequence[dict[str, Any]]) -> np.ndarray:
+    """bool [T]: ticks whose attack button is held only because it was stuck at the start.
+
+    Reference loader rule: if the first tick's "newButtons" is exactly [0], attack counts as
+    stuck until a later tick lists 0 in "newButtons" (a real press, which is kept).
+    """
+    out = np.zeros(len(ticks), bool)
+    stuck = bool(ticks) and list(ticks[0]['mouse'].get('newButtons') or ()) == [0]
+    for t, tick in enumerate(ticks):
+        if t > 0 and stuck and 0 in (tick['mouse'].get('newButtons') or ()):
+            stuck = False
+        out[t] = stuck
+    return out
+
+
+def convert_actions(
+    ticks: Sequence[dict[str, Any]], *, release_stuck_attack: bool = True
+) -> dict[str, np.ndarray]:
     """Ticks -> {'keys': int32 [T, 23], 'mouse': int32 [T]} (see module doc)."""
     keys = np.zeros((len(ticks), len(A.VPT_KEYS)), np.int32)
     dx = np.zeros(len(ticks), np.float64)
     dy = np.zeros(len(ticks), np.float64)
+    stuck = stuck_attack_ticks(ticks) if release_stuck_attack else np.zeros(len(ticks), bool)
     last_hotbar = None
     for t, tick in enumerate(ticks):
         names = [A.VPT_KEYBOARD_MAP[k] for k in tick['keyboard'].get('keys', ())
                  if k in A.VPT_KEYBOARD_MAP]  # fmt: skip
         names += [A.VPT_MOUSE_BUTTON_MAP[b] for b in tick['mouse'].get('buttons', ())
-                  if b in A.VPT_MOUSE_BUTTON_MAP]  # fmt: skip
+                  if b in A.VPT_MOUSE_BUTTON_MAP and not (stuck[t] and b == 0)]  # fmt: skip
         hotbar = tick.get('hotbar')
         if hotbar is not None and last_hotbar is not None and hotbar != last_hotbar:
             names.append(f'hotbar.{int(hotbar) + 1}')
@@ -144,8 +199,64 @@ def fit_and_pad_size(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[
     return max(1, round(src_hw[0] * scale)), max(1, round(src_hw[1] * scale))
 
 
-def read_video(path: Path, height: int, width: int) -> np.ndarray:
-    """uint8 [T, height, width, 3]: frames resized to fit, zero-padded bottom/right."""
+Cursor = tuple[np.ndarray, np.ndarray]  # (rgb uint8 [16, 16, 3], alpha float [16, 16, 1])
+
+
+def load_cursor(path: str | Path | None = None) -> Cursor:
+    """The cursor image: a 16x16 RGBA PNG (the reference's cursor file) or the built-in arrow."""
+    if path:
+        rgba = np.asarray(iio.imread(Path(path)))
+        if rgba.ndim != 3 or rgba.shape[2] != 4:
+            raise ValueError(f'cursor image {path} must be RGBA, got shape {rgba.shape}')
+        rgba = rgba[:16, :16].astype(np.uint8)  # the reference assumes 16x16 too
+        return rgba[..., :3], rgba[..., 3:] / 255.0
+    ascii_art = np.array([list(row) for row in CURSOR_ARROW])
+    rgb = np.where(ascii_art == 'o', 255, 0).astype(np.uint8)[..., None].repeat(3, axis=-1)
+    return rgb, (ascii_art != '.').astype(np.float64)[..., None]
+
+
+def gui_mouse_positions(ticks: Sequence[dict[str, Any]]) -> np.ndarray:
+    """float [T, 2] mouse (x, y) in recording pixels while a GUI is open; NaN when it is closed."""
+    out = np.full((len(ticks), 2), np.nan)
+    for t, tick in enumerate(ticks):
+        if tick.get('isGuiOpen'):
+            out[t] = float(tick['mouse'].get('x', 0.0)), float(tick['mouse'].get('y', 0.0))
+    return out
+
+
+def draw_cursor(frame: np.ndarray, cursor: Cursor, x: int, y: int) -> np.ndarray:
+    """A copy of uint8 frame [H, W, 3] with the cursor alpha-blended, its top-left at (x, y).
+
+    Blending truncates to uint8 as the reference does; parts outside the frame are clipped.
+    """
+    rgb, alpha = cursor
+    out = frame.copy()
+    h, w = frame.shape[:2]
+    y0, x0 = max(y, 0), max(x, 0)
+    y1, x1 = min(y + rgb.shape[0], h), min(x + rgb.shape[1], w)
+    if y1 <= y0 or x1 <= x0:
+        return out
+    src = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+    a = alpha[src]
+    region = out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = (region * (1 - a) + rgb[src] * a).astype(np.uint8)
+    return out
+
+
+def read_video(
+    path: Path,
+    height: int,
+    width: int,
+    *,
+    cursor: Cursor | None = None,
+    gui_mouse_xy: np.ndarray | None = None,
+) -> np.ndarray:
+    """uint8 [T, height, width, 3]: frames resized to fit, zero-padded bottom/right.
+
+    With `cursor` and `gui_mouse_xy` (float [T', 2] recording pixels, NaN = no GUI; see
+    gui_mouse_positions), the cursor is drawn at the source resolution before resizing, at
+    int(xy * video height / 720) as in the reference loader.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f'VPT video {path} does not exist')
@@ -153,8 +264,17 @@ def read_video(path: Path, height: int, width: int) -> np.ndarray:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         h, w = fit_and_pad_size((stream.height, stream.width), (height, width))
-        for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format='rgb24', width=w, height=h, interpolation='AREA')
+        for t, frame in enumerate(container.decode(stream)):
+            rgb = frame.to_ndarray(format='rgb24')
+            xy = None
+            if cursor is not None and gui_mouse_xy is not None and t < len(gui_mouse_xy):
+                xy = gui_mouse_xy[t]
+            if xy is not None and not np.isnan(xy).any():
+                scale = rgb.shape[0] / RECORDING_HEIGHT_PX
+                rgb = draw_cursor(rgb, cursor, int(xy[0] * scale), int(xy[1] * scale))
+            if rgb.shape[:2] != (h, w):
+                resized = av.VideoFrame.from_ndarray(rgb, format='rgb24')
+                rgb = resized.reformat(width=w, height=h, interpolation='AREA').to_ndarray()
             frames.append(np.pad(rgb, ((0, height - h), (0, width - w), (0, 0))))
     if not frames:
         raise DataError(f'VPT video {path} has no frames')
@@ -162,15 +282,25 @@ def read_video(path: Path, height: int, width: int) -> np.ndarray:
 
 
 def read_recording(
-    video_path: Path, jsonl_path: Path, *, height: int, width: int, strict: bool = True
+    video_path: Path,
+    jsonl_path: Path,
+    *,
+    height: int,
+    width: int,
+    strict: bool = True,
+    cursor: Cursor | None = None,
+    release_stuck_attack: bool = True,
 ) -> dict[str, Any]:
     """One recording -> an episode dict with the dataset schema (see dreamer4_jax.data.build).
 
     strict: the jsonl must have exactly one line per video frame; otherwise both are cut to the
-    shorter length.
+    shorter length. cursor: drawn while a GUI is open (load_cursor(); None = not drawn).
+    release_stuck_attack: drop a stuck attack button (see module doc).
     """
     ticks = read_jsonl(jsonl_path)
-    frames = read_video(video_path, height, width)
+    frames = read_video(
+        video_path, height, width, cursor=cursor, gui_mouse_xy=gui_mouse_positions(ticks)
+    )
     if len(ticks) != len(frames):
         if strict or len(ticks) < 2 or len(frames) < 2:
             raise DataError(
@@ -185,7 +315,7 @@ def read_recording(
     first[0], last[-1] = True, True
     return {
         'image': frames,
-        'action': convert_actions(ticks),
+        'action': convert_actions(ticks, release_stuck_attack=release_stuck_attack),
         'has_action': np.ones(n, bool),
         'reward': np.zeros(n, np.float32),
         'task_event': task_events(ticks),

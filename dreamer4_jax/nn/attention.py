@@ -6,7 +6,9 @@ implementation; model code calls only `attend`:
   'dpa_xla'    jax.nn.dot_product_attention(implementation='xla'); no soft-cap.
   'dpa_cudnn'  jax.nn.dot_product_attention(implementation='cudnn'); fused kernel on GPU
                (bf16/fp16 inputs), no soft-cap.
-A TPU splash kernel (which has soft-capping) would be one more branch here.
+  'splash'     the Pallas splash-attention kernel for TPU (nn/splash.py): soft-cap, GQA, static
+               masks plus per-token segment ids; self-attention only.
+  'splash_interpret'  the same kernel in Pallas interpret mode (runs on CPU; for tests).
 
 Dimension keys: X... any leading batch dims (e.g. B,T in space layers; B,S in time layers),
 Q query positions, M key positions, N KV heads, G query heads per KV head (H = N*G), K head dim.
@@ -20,6 +22,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from dreamer4_jax.nn.splash import splash_attend
+
+SPLASH_IMPLS = ('splash', 'splash_interpret')
 # exp() of soft-capped logits cannot overflow float32 below this cap, so the max-subtraction
 # pass of the softmax can be skipped (one fewer reduction over the logits).
 _SAFE_EXP_CAP = 80.0
@@ -81,6 +86,7 @@ def attend(
     *,
     softcap: float | None = None,
     impl: str = 'einsum',
+    segments: jax.Array | None = None,
 ) -> jax.Array:
     """Masked grouped-query attention.
 
@@ -90,10 +96,19 @@ def attend(
       mask: bool, broadcastable to [X..., Q, M]; True = may attend. Every query row must keep
         at least one key.
       softcap: logit soft-cap or None.
-      impl: 'einsum', 'dpa_xla' or 'dpa_cudnn'.
+      impl: 'einsum', 'dpa_xla', 'dpa_cudnn', 'splash' or 'splash_interpret' (the splash kernel
+        needs a static NumPy [Q, M] mask and Q == M).
+      segments: optional int [X..., Q] for self-attention (Q == M): a query reads only keys
+        with its own id, in addition to the mask.
     Returns:
       [X..., Q, N, G, K] attention outputs.
     """
+    if impl in SPLASH_IMPLS:
+        return splash_attend(
+            q, k, v, mask, segments=segments, softcap=softcap, interpret=impl == SPLASH_IMPLS[1]
+        )
+    if segments is not None:
+        mask = mask & (segments[..., :, None] == segments[..., None, :])
     if impl == 'einsum':
         return _attend_einsum(q, k, v, mask, softcap)
     if softcap is not None:
@@ -102,4 +117,6 @@ def attend(
         return _attend_dpa(q, k, v, mask, 'xla')
     if impl == 'dpa_cudnn':
         return _attend_dpa(q, k, v, mask, 'cudnn')
-    raise ValueError(f"unknown attention impl {impl!r}; use 'einsum', 'dpa_xla' or 'dpa_cudnn'")
+    raise ValueError(
+        f"unknown attention impl {impl!r}; use 'einsum', 'dpa_xla', 'dpa_cudnn' or 'splash'"
+    )

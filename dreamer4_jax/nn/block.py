@@ -14,8 +14,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dreamer4_jax.nn.attention import attend
+from dreamer4_jax.nn.attention import SPLASH_IMPLS, attend
 from dreamer4_jax.nn.config import TransformerConfig
 from dreamer4_jax.nn.layout import TokenLayout, dense_mask, frame_mask, independent_frame_mask
 from dreamer4_jax.nn.linear import project, split
@@ -123,6 +124,8 @@ class Attention(nn.Module):
         """Causal attention over frames, from the cache (if any) and the new frames."""
         cfg = self.config
         b, t, s = q_BTSNGK.shape[:3]
+        if cache is None and cfg.attention_impl in SPLASH_IMPLS:
+            return self._attend_frames_static(q_BTSNGK, k_BTSNK, v_BTSNK, independent_B)
         if cache is None:
             k_BMSNK, v_BMSNK, k_pos_M, k_valid_M = k_BTSNK, v_BTSNK, frame_pos_T, None
         else:
@@ -135,6 +138,8 @@ class Attention(nn.Module):
         mask_TM = frame_mask(frame_pos_T, k_pos_M, cfg.time_window, k_valid_M)
         mask = independent_frame_mask(mask_TM, frame_pos_T, k_pos_M, independent_B)
         m = k_BMSNK.shape[1]
+        # The splash kernel needs static masks: reading a KV cache uses the einsum path.
+        impl = 'einsum' if cfg.attention_impl in SPLASH_IMPLS else cfg.attention_impl
         if self.kind == 'time':
             # Axial (PAPER 3.1): slot i reads slot i of earlier frames; batch dims (B, S).
             mask = mask if mask.ndim == 2 else mask[:, None]  # [B, 1, T, M] over X = (B, S)
@@ -144,7 +149,7 @@ class Attention(nn.Module):
                 jnp.swapaxes(v_BMSNK, 1, 2),
                 mask,
                 softcap=cfg.softcap,
-                impl=cfg.attention_impl,
+                impl=impl,
             )
             return jnp.swapaxes(o, 1, 2)
         # Dense ablation (PAPER 12.3): all tokens of allowed frames, modality rule across frames.
@@ -156,7 +161,46 @@ class Attention(nn.Module):
             v_BMSNK.reshape(b, m * s, *v_BMSNK.shape[3:]),
             full,
             softcap=cfg.softcap,
+            impl=impl,
+        )
+        return o.reshape(q_BTSNGK.shape)
+
+    def _attend_frames_static(self, q_BTSNGK, k_BTSNK, v_BTSNK, independent_B):
+        """Frames 0..T-1 without a cache, as a static mask plus segment ids (splash kernel).
+
+        Same rules as `_attend_frames`: the causal window is static; rows trained as separate
+        images (PAPER 6.5) give frame t the segment id t + 1 (other rows 0), so their queries
+        read only their own frame.
+        """
+        cfg = self.config
+        b, t, s = q_BTSNGK.shape[:3]
+        pos_T = np.arange(t)
+        mask_TT = frame_mask(pos_T, pos_T, cfg.time_window)  # NumPy in, NumPy out
+        seg_BT = None
+        if independent_B is not None:
+            seg_BT = jnp.where(independent_B[:, None], jnp.arange(1, t + 1), 0)
+        if self.kind == 'time':  # axial: batch dims (B, S)
+            seg = None if seg_BT is None else jnp.broadcast_to(seg_BT[:, None], (b, s, t))
+            o = attend(
+                jnp.swapaxes(q_BTSNGK, 1, 2),
+                jnp.swapaxes(k_BTSNK, 1, 2),
+                jnp.swapaxes(v_BTSNK, 1, 2),
+                mask_TT,
+                softcap=cfg.softcap,
+                impl=cfg.attention_impl,
+                segments=seg,
+            )
+            return jnp.swapaxes(o, 1, 2)
+        space_SS = self.layout.space_mask()
+        full = (mask_TT[:, None, :, None] & space_SS[None, :, None, :]).reshape(t * s, t * s)
+        o = attend(
+            q_BTSNGK.reshape(b, t * s, *q_BTSNGK.shape[3:]),
+            k_BTSNK.reshape(b, t * s, *k_BTSNK.shape[3:]),
+            v_BTSNK.reshape(b, t * s, *v_BTSNK.shape[3:]),
+            full,
+            softcap=cfg.softcap,
             impl=cfg.attention_impl,
+            segments=None if seg_BT is None else jnp.repeat(seg_BT, s, axis=1),
         )
         return o.reshape(q_BTSNGK.shape)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 REMAT_POLICIES = ('none', 'full', 'dots')
-ATTENTION_IMPLS = ('einsum', 'dpa_xla', 'dpa_cudnn')
+ATTENTION_IMPLS = ('einsum', 'dpa_xla', 'dpa_cudnn', 'splash', 'splash_interpret')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -53,8 +53,17 @@ class TransformerConfig:
         the recompute), 'dots' (keep projection matmul outputs, recompute the rest), 'none'.
       attention_impl: 'einsum' (plain XLA einsums; supports every feature), 'dpa_xla' or
         'dpa_cudnn' (`jax.nn.dot_product_attention` with that implementation; no soft-cap;
-        cuDNN needs a GPU and bfloat16).
+        cuDNN needs a GPU and bfloat16), 'splash' (the Pallas splash kernel for TPU, with
+        soft-cap; cached inference keeps the einsum path) or 'splash_interpret' (the same
+        kernel in Pallas interpret mode, for CPU).
       final_norm: apply an RMSNorm to the stack's output.
+      scan_layers: run the repeating groups of `time_every` layers (three space layers and a
+        time layer) with `jax.lax.scan` over parameters stacked along a leading 'layers' axis;
+        a remainder of depth % time_every layers stays unrolled. Same function; the compiled
+        program holds each group once instead of depth / time_every times (compile time and
+        host memory of paper-scale steps). Parameters then live under 'groups'/'block_j'
+        (stacked) instead of 'block_i', so checkpoints of one layout do not load into the
+        other.
     """
 
     width: int = 256
@@ -76,6 +85,7 @@ class TransformerConfig:
     remat: str = 'full'
     attention_impl: str = 'einsum'
     final_norm: bool = True
+    scan_layers: bool = False
 
     def __post_init__(self):
         def bad(msg: str):
@@ -113,13 +123,15 @@ class TransformerConfig:
             bad(f'remat must be one of {REMAT_POLICIES}, got {self.remat!r}')
         if self.attention_impl not in ATTENTION_IMPLS:
             bad(f'attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}')
-        if self.attention_impl != 'einsum' and self.softcap is not None:
+        if self.attention_impl.startswith('dpa') and self.softcap is not None:
             bad(
                 f'attention_impl={self.attention_impl!r} has no logit soft-cap: set softcap=None '
                 "or use attention_impl='einsum'"
             )
         if self.mlp_dim < 1:
             bad(f'MLP hidden size must be >= 1, got {self.mlp_dim}')
+        if self.scan_layers and (self.pattern is not None or self.time_every < 1):
+            bad('scan_layers needs the periodic layout of time_every >= 1 (no explicit pattern)')
 
     @property
     def kv_heads(self) -> int:
@@ -148,6 +160,13 @@ class TransformerConfig:
             )
         cross = 'dense' if self.dense else 'time'
         return tuple(cross if c == 't' else 'space' for c in letters)
+
+    @property
+    def scanned_groups(self) -> tuple[int, int]:
+        """(number of scanned groups, layers per group); (0, 0) without scan_layers."""
+        if not self.scan_layers:
+            return 0, 0
+        return self.depth // self.time_every, self.time_every
 
     @property
     def time_layers(self) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from dreamer4_jax import config_checks, parallel
 from dreamer4_jax.checkpoint import Checkpointer
 from dreamer4_jax.errors import UserError
+from dreamer4_jax.parallel import Rules
 from dreamer4_jax.train.metrics_writer import MetricsWriter
 
 
@@ -128,6 +129,41 @@ def _warn(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def jit_train_step(
+    phase: Phase, mesh: Any, rules: Rules, state_shardings: Any, num_consts: int
+) -> Callable:
+    """The step the loop runs, jitted: fn(state, batch, rng, *consts) -> (state, metrics).
+
+    `phase.train_step` under the logical-axis rules, with in/out shardings (state as given,
+    batch split over data x fsdp, rng and constants replicated) and the state donated. `run`
+    and the ahead-of-time compiler (dreamer4_jax.aot) both build it here, so what is compiled
+    for a TPU topology is exactly what the loop executes. Call or lower it under
+    `jax.set_mesh(mesh)`. Tracing it twice raises: a recompile in a run is a bug.
+    """
+    batch_sharding = parallel.batch_sharding(mesh)
+    repl = parallel.replicated(mesh)
+    traces = []
+
+    def traced_step(state, batch, rng, *consts):
+        # Fails loudly if the step is ever traced twice in this run: a recompile is a bug (a
+        # changing batch shape or dtype, or a Python value that should be an array).
+        traces.append(1)
+        if len(traces) > 1:
+            raise RuntimeError(
+                f'{phase.name} train_step traced {len(traces)} times; it must '
+                'compile once (check batch shapes/dtypes and static values).'
+            )
+        with nn.logical_axis_rules(rules):
+            return phase.train_step(state, batch, rng, *consts)
+
+    return jax.jit(
+        traced_step,
+        in_shardings=(state_shardings, batch_sharding, repl) + (repl,) * num_consts,
+        out_shardings=(state_shardings, repl),
+        donate_argnums=(0,),
+    )
+
+
 def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     """Trains `phase` to config.train.steps, resuming from workdir if a checkpoint exists.
 
@@ -135,7 +171,9 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
     (config, data, an earlier phase's checkpoint) leaves the workdir as it found it.
     """
     mesh_shape = config_checks.validate(config, workdir, jax.device_count(), jax.process_count())
-    mesh = parallel.make_mesh(mesh_shape, jax.devices()[: math.prod(mesh_shape)])
+    mesh = parallel.make_mesh(
+        mesh_shape, jax.devices()[: math.prod(mesh_shape)], int(config.mesh.get('num_slices', 1))
+    )
     rules = tuple(tuple(r) for r in config.sharding_rules)
     total = int(config.train.steps)
     rng = jax.random.key(int(config.seed))
@@ -166,32 +204,11 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
         with jax.set_mesh(mesh):
             state = phase.warm_start(state)
 
-    batch_sharding = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)
-
-    traces = []
-
-    def traced_step(state, batch, rng, *consts):
-        # Fails loudly if the step is ever traced twice in this run: a recompile is a bug (a
-        # changing batch shape or dtype, or a Python value that should be an array).
-        traces.append(1)
-        if len(traces) > 1:
-            raise RuntimeError(
-                f'{phase.name} train_step traced {len(traces)} times; it must '
-                'compile once (check batch shapes/dtypes and static values).'
-            )
-        with nn.logical_axis_rules(rules):
-            return phase.train_step(state, batch, rng, *consts)
-
     consts = ()
     if phase.constants is not None:
         consts = (jax.device_put(phase.constants(), repl),)
-    step_fn = jax.jit(
-        traced_step,
-        in_shardings=(state_shardings, batch_sharding, repl) + (repl,) * len(consts),
-        out_shardings=(state_shardings, repl),
-        donate_argnums=(0,),
-    )
+    step_fn = jit_train_step(phase, mesh, rules, state_shardings, len(consts))
 
     def save(step: int) -> None:
         ckpt.save(step, state, data, step_rng, config)
