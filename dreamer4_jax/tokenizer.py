@@ -81,30 +81,23 @@ def unpatchify(patches_BTPQ: jax.Array, patch: int, height: int, width: int) -> 
     return x.reshape(b, t, height, width, 3)
 
 
-def new_encoder_cache(config: TokenizerConfig, batch: int, max_frames: int) -> KVCache:
-    """Empty KV cache of the encoder for `Tokenizer.encode_step`.
+def _frame_cache(part: TransformerConfig, tokens: int, batch: int, max_frames: int) -> KVCache:
+    """C - 1 past frames for a time window C; without one, `max_frames` - 1 (the frames of time
+    context the tokenizer should see, e.g. its training window length)."""
+    window = part.time_window
+    return init_cache(part, tokens, batch, None if window is not None else max(max_frames - 1, 0))
 
-    With a time window C it holds C - 1 past frames; without one, `max_frames` - 1 (the frames
-    of time context the tokenizer should see, e.g. its training window length).
-    """
-    window = config.encoder.time_window
-    return init_cache(
-        config.encoder,
-        config.num_patches + config.num_latents,
-        batch,
-        None if window is not None else max(max_frames - 1, 0),
-    )
+
+def new_encoder_cache(config: TokenizerConfig, batch: int, max_frames: int) -> KVCache:
+    """Empty KV cache of the encoder for `Tokenizer.encode_step`."""
+    tokens = config.num_patches + config.num_latents
+    return _frame_cache(config.encoder, tokens, batch, max_frames)
 
 
 def new_decoder_cache(config: TokenizerConfig, batch: int, max_frames: int) -> KVCache:
-    """Empty KV cache of the decoder for `Tokenizer.decode_step` (as `new_encoder_cache`)."""
-    window = config.decoder.time_window
-    return init_cache(
-        config.decoder,
-        config.num_latents + config.num_patches,
-        batch,
-        None if window is not None else max(max_frames - 1, 0),
-    )
+    """Empty KV cache of the decoder for `Tokenizer.decode_step`."""
+    tokens = config.num_latents + config.num_patches
+    return _frame_cache(config.decoder, tokens, batch, max_frames)
 
 
 def sample_patch_mask(
