@@ -299,7 +299,7 @@ def summary(report: dict) -> str:
             f'batch {report["batch_size"]})',
             f'  parameters      {report["params"] / 1e6:,.1f}M trained, '
             f'{report["frozen_params"] / 1e6:,.1f}M frozen',
-            f'  memory per chip {m["total"]:.2f} GiB of {m["hbm"]:.0f} GiB '
+            f'  memory per chip {m["total"]:.2f} GiB of {m["hbm"]:.2f} GiB '
             f'(arguments {m["arguments"]:.2f}, outputs {m["outputs"]:.2f}, aliased '
             f'{m["aliased"]:.2f}, temporaries {m["temporaries"]:.2f})',
             f'  FLOPs per step  {report["flops"]:.3e} (model {report["model_flops"]:.3e}; '

@@ -3,6 +3,7 @@
 Needs the `tpu` extra (jax[tpu] brings libtpu; `make test` installs it); skipped without it.
 """
 
+import json
 import subprocess
 import sys
 
@@ -64,6 +65,23 @@ def test_a_program_that_does_not_fit_answers_in_one_line(tmp_path):
         'does not fit: needs 512.1 GiB per chip (temporaries alone), TPU v5p has 95.7 GiB'
     ]
     assert not (tmp_path / 'aot.json').exists()
+
+
+def test_imagination_phase_compiles_with_abstract_earlier_runs(tmp_path):
+    """The tiny imagination step (rollouts with the KV cache, earlier runs from the same
+    experiment file) through the command line; a subprocess, since a TPU compiler crash aborts
+    the process (libtpu 0.0.42 aborted on the cache's multi-frame scatter here)."""
+    out = tmp_path / 'aot.json'
+    cmd = [sys.executable, '-m', 'dreamer4_jax.aot',
+           '--config=experiments/craftax_tiny.py:imagination', f'--topology={TOPOLOGY}',
+           f'--out={out}']  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report['phase'] == 'imagination' and report['fits']
+    assert report['frozen_params'] > 0 and report['params'] > report['frozen_params']
+    assert report['unknown_trip_loops'] == 0  # rollouts are scans: counted by trip count
+    assert report['flops'] > report['xla_flops']  # XLA counts each scan body once
 
 
 def test_splash_attention_compiles_for_v5p(devices):

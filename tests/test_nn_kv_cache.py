@@ -85,3 +85,16 @@ def test_window_of_one_frame_keeps_no_cache():
     for t in range(3):
         y_t, cache = step(params, x[:, t : t + 1], cache, None, True)
         np.testing.assert_allclose(np.asarray(y_t[:, 0]), y_full[:, t], rtol=2e-5, atol=2e-5)
+
+
+def test_append_of_several_frames_wraps_around_the_ring():
+    cfg = dataclasses.replace(CFG, time_window=4)  # 3 slots
+    cache = init_cache(cfg, 1, 1)
+    frames = [jnp.full((1, 2, 1, cfg.kv_heads, cfg.key_dim), v, jnp.float32) for v in (1.0, 2.0)]
+    kv = [(frames[0], frames[0])] * cache.num_layers
+    cache = cache.append(kv, jnp.array([0, 1]))
+    # frames 2 and 3 land in slots 2 and 0 (frame 0 is evicted); frame 1 stays in slot 1
+    kv = [(frames[1] * jnp.array([1.0, 2.0])[None, :, None, None, None],) * 2] * cache.num_layers
+    cache = cache.append(kv, jnp.array([2, 3]))
+    assert np.asarray(cache.pos_F).tolist() == [3, 1, 2] and int(cache.next_frame) == 4
+    assert np.asarray(cache.k[0][0, :, 0, 0, 0]).tolist() == [4.0, 1.0, 2.0]

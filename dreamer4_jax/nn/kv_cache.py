@@ -66,6 +66,12 @@ class KVCache:
         n = min(t, f)
         pos_n = frame_pos_T[t - n :]
         slots = pos_n % f
+        # Several frames: each slot takes the new frame that lands there (a gather and a select;
+        # the TPU compiler of libtpu 0.0.42 crashes on the equivalent scatter inside the
+        # imagination step: scatter_emitter "operand_indices.size() == 1").
+        hits_NF = slots[:, None] == jnp.arange(f)[None, :]
+        written_F = hits_NF.any(axis=0)
+        source_F = jnp.argmax(hits_NF, axis=0)
         new_k, new_v = [], []
         for (k_old, v_old), (k_new, v_new) in zip(
             zip(self.k, self.v, strict=True), kv, strict=True
@@ -77,9 +83,10 @@ class KVCache:
                 new_k.append(jax.lax.dynamic_update_slice(k_old, k_new, start))
                 new_v.append(jax.lax.dynamic_update_slice(v_old, v_new, start))
             else:
-                new_k.append(k_old.at[:, slots].set(k_new, unique_indices=True))
-                new_v.append(v_old.at[:, slots].set(v_new, unique_indices=True))
-        pos_F = self.pos_F.at[slots].set(pos_n.astype(jnp.int32), unique_indices=True)
+                keep = written_F[None, :, None, None, None]
+                new_k.append(jnp.where(keep, jnp.take(k_new, source_F, axis=1), k_old))
+                new_v.append(jnp.where(keep, jnp.take(v_new, source_F, axis=1), v_old))
+        pos_F = jnp.where(written_F, pos_n.astype(jnp.int32)[source_F], self.pos_F)
         return KVCache(tuple(new_k), tuple(new_v), pos_F, nxt.astype(jnp.int32))
 
 

@@ -139,6 +139,10 @@ def splash_attend(
     Returns:
       [X..., Q, N, G, K].
     """
+    if q.ndim < 5:
+        raise ValueError(
+            f'splash_attend: q must be [X..., Q, N, G, K] with a batch dim, got {q.shape}'
+        )
     mask_QM = np.asarray(mask_QM, bool)
     if mask_QM.ndim != 2 or not mask_QM.any(axis=1).all():
         raise ValueError('splash_attend needs a static [Q, Q] mask with a key in every row')
