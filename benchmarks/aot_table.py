@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -47,9 +48,11 @@ def compile_one(variant: str, topology: str, out: str, extra: list[str]) -> dict
 
 
 def row(name: str, r: dict) -> str:
-    if 'does_not_fit' in r:
-        need = r['does_not_fit'].split('needs ')[1].split(' per chip')[0]
-        return f'| {r["variant"]} | {name} | {need} | no | | | |'
+    if 'does_not_fit' in r:  # 'does not fit: needs 39.6 GiB per chip (...), TPU v6e has 31.2 GiB'
+        m = re.search(r'needs ([\d.]+) GiB per chip( \(temporaries alone\))?.* has ([\d.]+)',
+                      r['does_not_fit'])  # fmt: skip
+        what = ' (temporaries alone)' if m.group(2) else ''
+        return f'| {r["variant"]} | {name} | needs {m.group(1)}{what} of {m.group(3)} | no | | | |'
     m = r['memory_gib']
     return (
         f'| {r["variant"]} | {name} | {m["total"]:.1f} of {m["hbm"]:.1f} | '
