@@ -59,6 +59,10 @@ def tokenizer_config_from(cd: ml_collections.ConfigDict) -> TokenizerConfig:
             height=int(cd.height),
             width=int(cd.width),
             patch=int(cd.patch),
+            # Runs saved before these fields existed cover the whole frame.
+            content_height=int(cd.get('content_height', 0)),
+            content_width=int(cd.get('content_width', 0)),
+            patch_positions=str(cd.get('patch_positions', 'none')),
             num_latents=int(cd.num_latents),
             latent_dim=int(cd.latent_dim),
             max_mask_prob=float(cd.max_mask_prob),
@@ -75,6 +79,9 @@ def tokenizer_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.height = 64
     c.width = 64
     c.patch = 8
+    c.content_height = 0  # the patch grid covers the top-left content (0: whole frame)
+    c.content_width = 0
+    c.patch_positions = 'none'  # 'sincos': fixed 2D positions added to the encoder's patches
     c.num_latents = 16
     c.latent_dim = 16
     c.max_mask_prob = 0.9

@@ -20,6 +20,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dreamer4_jax.nn import (
     KVCache,
@@ -37,11 +38,22 @@ ACT = ('batch', 'time', 'tokens', 'act_embed')
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    """Shapes of the tokenizer. Frames are zero-padded to (height, width) before patchifying."""
+    """Shapes of the tokenizer. Frames are zero-padded to (height, width) before patchifying.
+
+    The patch grid covers the top-left content_height x content_width pixels (0: the whole
+    frame); the rest of the frame is zero padding that the encoder never reads and the decoder
+    returns as zeros. Craftax frames are a 9 x 9 grid of 7-pixel tiles (63 x 63, stored padded to
+    64 x 64): with content 63 x 63 and 7-pixel patches every patch is exactly one tile.
+    """
 
     height: int = 64
     width: int = 64
     patch: int = 8
+    content_height: int = 0  # 0: the whole frame height
+    content_width: int = 0  # 0: the whole frame width
+    # Absolute 2D positions of the encoder's patch tokens: 'sincos' (fixed, as in MAE) or 'none'
+    # (space layers then know positions only through 1D RoPE over the token index).
+    patch_positions: str = 'none'
     num_latents: int = 16  # N_b (PAPER 4.2: 512 for Minecraft)
     latent_dim: int = 16  # D_b (PAPER 4.2: 16)
     max_mask_prob: float = 0.9  # PAPER 4.3: p ~ U(0, 0.9)
@@ -49,19 +61,51 @@ class TokenizerConfig:
     decoder: TransformerConfig = TransformerConfig()
 
     def __post_init__(self):
-        if self.height % self.patch or self.width % self.patch:
+        if self.patch_positions not in ('none', 'sincos'):
             raise ValueError(
-                f'TokenizerConfig: frame {self.height}x{self.width} is not a multiple of the '
-                f'patch size {self.patch}; pad the frames or pick another patch size.'
+                f"TokenizerConfig: patch_positions={self.patch_positions!r} must be 'none' or "
+                "'sincos'"
+            )
+        h, w = self.grid_hw
+        if not (0 < h <= self.height and 0 < w <= self.width):
+            raise ValueError(
+                f'TokenizerConfig: content {h}x{w} must be positive and fit the frame '
+                f'{self.height}x{self.width}'
+            )
+        if h % self.patch or w % self.patch:
+            raise ValueError(
+                f'TokenizerConfig: content {h}x{w} is not a multiple of the patch size '
+                f'{self.patch}; pad the frames, set content_height/content_width to the part '
+                'the patches cover, or pick another patch size.'
             )
 
     @property
+    def grid_hw(self) -> tuple[int, int]:
+        """Pixels the patch grid covers (top-left of the frame)."""
+        return (self.content_height or self.height, self.content_width or self.width)
+
+    @property
     def num_patches(self) -> int:
-        return (self.height // self.patch) * (self.width // self.patch)
+        h, w = self.grid_hw
+        return (h // self.patch) * (w // self.patch)
 
     @property
     def patch_pixels(self) -> int:
         return self.patch * self.patch * 3
+
+
+def sincos_positions_2d(rows: int, cols: int, dim: int) -> np.ndarray:
+    """[rows*cols, dim] fixed 2D sine-cosine embedding (row-major, like `patchify`).
+
+    Half the channels encode the row, half the column, each as sin and cos of the index times
+    frequencies 10000^(-k / (dim/4)) (the MAE encoder's patch positions).
+    """
+    if dim % 4:
+        raise ValueError(f'sincos positions need a width divisible by 4, got {dim}')
+    freq = 1.0 / 10000.0 ** (np.arange(dim // 4) / (dim // 4))
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing='ij')
+    parts = [f(a.reshape(-1, 1) * freq) for a in (r, c) for f in (np.sin, np.cos)]
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def patchify(images_BTHWC: jax.Array, patch: int) -> jax.Array:
@@ -160,8 +204,13 @@ class Tokenizer(nn.Module):
                 f'Tokenizer expects frames [B, T, {c.height}, {c.width}, 3], got '
                 f'{images_BTHWC.shape}'
             )
-        x_BTPQ = patchify(images_BTHWC.astype(jnp.float32) * 2.0 - 1.0, c.patch)
+        h, w = c.grid_hw
+        x_BTHWC = images_BTHWC[:, :, :h, :w].astype(jnp.float32)
+        x_BTPQ = patchify(x_BTHWC * 2.0 - 1.0, c.patch)
         x_BTPD = self.patch_in(x_BTPQ)
+        if c.patch_positions == 'sincos':
+            h_grid, w_grid = h // c.patch, w // c.patch
+            x_BTPD = x_BTPD + sincos_positions_2d(h_grid, w_grid, x_BTPD.shape[-1])
         if mask_BTP is not None:
             x_BTPD = jnp.where(mask_BTP[..., None], self.mask_embed, x_BTPD)
         b, t = x_BTPD.shape[:2]
@@ -198,7 +247,10 @@ class Tokenizer(nn.Module):
     def _pixels(self, h_BTSE: jax.Array) -> jax.Array:
         c = self.config
         pix_BTPQ = self.pixels_out(h_BTSE[:, :, c.num_latents :])
-        return (unpatchify(pix_BTPQ, c.patch, c.height, c.width) + 1.0) * 0.5
+        h, w = c.grid_hw
+        x_BTHWC = (unpatchify(pix_BTPQ, c.patch, h, w) + 1.0) * 0.5
+        pad = ((0, 0), (0, 0), (0, c.height - h), (0, c.width - w), (0, 0))
+        return jnp.pad(x_BTHWC, pad) if (h, w) != (c.height, c.width) else x_BTHWC
 
     def decode(self, z_BTNC: jax.Array) -> jax.Array:
         """Latents -> images [B,T,H,W,3] (unclipped; in [0, 1] after training)."""

@@ -64,7 +64,9 @@ def get_config(arg: str | None = None):
         long_only_after=90_000,  # PAPER 6.5: the last 10 % of training on long batches only
     )
     c.agent = mc.agent_config_dict()
-    c.imagination = mc.imagination_config_dict(horizon=32, context=8)
+    # The value head trains alone for its first 1,000 steps: from its zero init every advantage
+    # would be positive and PMPO would only imitate its own samples (PAPER 10.3 is silent).
+    c.imagination = mc.imagination_config_dict(horizon=32, context=8, policy_warmup=1000)
     c.closed_loop = mc.closed_loop_config_dict(episodes=256, num_envs=64, max_steps=10000)
 
     steps = {'tokenizer': 50_000, 'dynamics': 100_000, 'agent': 30_000, 'imagination': 20_000}

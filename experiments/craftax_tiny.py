@@ -44,8 +44,15 @@ def get_config(arg: str | None = None):
     c.train.checkpoint_every = 100
     c.train.eval_every = 0
 
-    # Phase 1a: 64x64 frames, 8x8 patches (64 patches) + 16 latents of 16 channels.
+    # Phase 1a: 64x64 frames whose 63x63 content is a 9 x 9 grid of 7-pixel tiles: 7x7 patches
+    # on that grid (81 patches, one tile each) with fixed 2D positions, + 16 latents of 16
+    # channels. Measured at 200 steps against 8x8 patches without positions: held-out PSNR
+    # 16.9 vs 15.5 dB, SSIM 0.45 vs 0.22 (README, "Tokenizer probes").
     c.tokenizer = mc.tokenizer_config_dict(
+        patch=7,
+        content_height=63,
+        content_width=63,
+        patch_positions='sincos',
         encoder=tiny_block(time_window=TOKENIZER_WINDOW),
         decoder=tiny_block(time_window=TOKENIZER_WINDOW),
         lpips_frames=2,
@@ -55,7 +62,8 @@ def get_config(arg: str | None = None):
         transformer=tiny_block(width=96, num_kv_heads=1, time_window=8)
     )
     c.agent = mc.agent_config_dict(head_hidden=128)
-    c.imagination = mc.imagination_config_dict()
+    # The value head trains alone for the first third of phase 3 (see craftax_small.py).
+    c.imagination = mc.imagination_config_dict(policy_warmup=50)
     c.closed_loop = mc.closed_loop_config_dict()
 
     if variant == 'tokenizer':

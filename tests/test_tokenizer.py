@@ -14,6 +14,7 @@ from dreamer4_jax.tokenizer import (
     new_decoder_cache,
     patchify,
     sample_patch_mask,
+    sincos_positions_2d,
     unpatchify,
 )
 
@@ -71,6 +72,55 @@ def test_shapes_and_tanh_bottleneck():
 def test_bad_patch_size_is_a_clear_error():
     with pytest.raises(ValueError, match='not a multiple of the patch size'):
         TokenizerConfig(height=30, width=32, patch=8)
+
+
+def test_content_crop_reads_only_the_grid_and_decodes_zero_padding():
+    """Patches on the 7-pixel tile grid of a 63x63 frame stored padded to 64x64 (Craftax)."""
+    cfg = tiny(height=64, width=64, patch=7, content_height=63, content_width=63)
+    assert cfg.num_patches == 81
+    model = Tokenizer(cfg)
+    x = jnp.pad(blocks_video(3, 1, 2, 63, 63), ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)))
+    params = model.init(jax.random.key(0), x)['params']
+    enc = jax.jit(lambda x: model.apply({'params': params}, x, method=Tokenizer.encode))
+    # The padding row and column are outside the grid: the encoder never reads them.
+    x2 = x.at[:, :, 63, :].set(0.9).at[:, :, :, 63].set(0.3)
+    np.testing.assert_array_equal(enc(x2), enc(x))
+    assert float(jnp.max(jnp.abs(enc(x.at[:, :, 62, 0].set(0.5)) - enc(x)))) > 1e-5
+    recon, _ = model.apply({'params': params}, x)
+    assert recon.shape == x.shape
+    np.testing.assert_array_equal(recon[:, :, 63, :], 0.0)
+    np.testing.assert_array_equal(recon[:, :, :, 63], 0.0)
+    with pytest.raises(ValueError, match='not a multiple of the patch size'):
+        TokenizerConfig(height=64, width=64, patch=7)
+    with pytest.raises(ValueError, match='must be positive and fit the frame'):
+        TokenizerConfig(height=64, width=64, patch=8, content_height=72)
+
+
+def test_sincos_positions_2d_against_hand_values():
+    e = sincos_positions_2d(2, 3, 8)  # 2 frequencies per quarter: 1 and 1/100
+    assert e.shape == (6, 8)
+    row, col = 1, 2  # token 5 in row-major order
+    freq = np.array([1.0, 0.01])
+    want = np.concatenate(
+        [np.sin(row * freq), np.cos(row * freq), np.sin(col * freq), np.cos(col * freq)]
+    )
+    np.testing.assert_allclose(e[5], want, rtol=1e-6)
+    assert len({tuple(np.round(v, 6)) for v in e}) == 6  # every patch gets its own code
+    with pytest.raises(ValueError, match="'none' or 'sincos'"):
+        TokenizerConfig(patch_positions='learned')
+
+
+def test_sincos_positions_are_added_to_patch_tokens_only():
+    """The fixed 2D code is added to each patch token; latent tokens are left as they were."""
+    cfg = tiny(patch_positions='sincos')
+    model = Tokenizer(cfg)
+    x = blocks_video(4, 1, 1)
+    params = model.init(jax.random.key(0), x)['params']
+    tokens = model.apply({'params': params}, x, None, method=Tokenizer._encoder_tokens)
+    plain = Tokenizer(tiny()).apply({'params': params}, x, None, method=Tokenizer._encoder_tokens)
+    added = np.asarray(tokens - plain)[0, 0, : cfg.num_patches]
+    np.testing.assert_allclose(added, sincos_positions_2d(4, 4, 64), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(tokens - plain)[0, 0, cfg.num_patches :], 0.0)
 
 
 def test_encoder_and_decoder_are_causal_in_time():
