@@ -262,6 +262,24 @@ def reward_targets(batch: dict, task_B: Array, num_offsets: int) -> tuple[Array,
     return future_stack(r_BT, num_offsets), same_episode_mask(batch['is_first'], num_offsets)
 
 
+def majority_accuracy(actions: dict[str, Array], valid: Array) -> Array:
+    """Accuracy of always answering the most frequent (joint) action among the valid targets.
+
+    The baseline that BC accuracy is read against: 0.06 is chance over Craftax's 17 actions, but
+    a policy that always plays the commonest action of these very targets scores this (an
+    optimistic baseline: it picks the majority with the labels in hand). Counts come from a
+    pairwise-equality matrix over the targets, so any action space works without a class count.
+    actions: {component: [M] or [M, n]}; valid: bool [M].
+    """
+    same_MM = jnp.ones((valid.shape[0],) * 2, bool)
+    for a in actions.values():
+        a2 = jnp.reshape(a, (a.shape[0], -1))
+        same_MM &= jnp.all(a2[:, None, :] == a2[None, :, :], axis=-1)
+    counts_M = jnp.sum(same_MM & valid[None, :], axis=1)
+    best = jnp.max(jnp.where(valid, counts_M, 0))
+    return best / jnp.maximum(jnp.sum(valid), 1)
+
+
 def _masked_offset_mean(nll_BTN: Array, valid_BTN: Array) -> tuple[Array, Array]:
     """(sum over offsets of the per-offset mean over valid (b, t), per-offset means [N])."""
     m = valid_BTN.astype(jnp.float32)
@@ -318,6 +336,10 @@ def agent_loss_terms(
     hit_BT = jnp.all(jnp.stack(hits), axis=0)
     v0 = a_valid[:, :, 0]
     metrics['agent/bc_accuracy_offset0'] = jnp.sum(hit_BT & v0) / jnp.maximum(jnp.sum(v0), 1)
+    metrics['agent/majority_accuracy_offset0'] = majority_accuracy(
+        {k: jnp.reshape(v[:, :, 0], (-1, *v.shape[3:])) for k, v in actions.items()},
+        jnp.reshape(v0, (-1,)),
+    )
     pred_r = reward_dist.mean(reward_logits_BTN[:, :, 0])
     r0 = r_valid[:, :, 0]
     metrics['agent/reward_abs_err_offset0'] = jnp.sum(

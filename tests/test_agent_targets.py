@@ -10,6 +10,7 @@ from dreamer4_jax.agent import (
     AgentHeads,
     agent_loss_terms,
     init_agent_params,
+    majority_accuracy,
     policy_targets,
     reward_targets,
 )
@@ -163,3 +164,15 @@ def test_agent_loss_terms_match_numpy_reference():
         )[0]['bc']
     )(jnp.asarray(logits))
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
+
+
+def test_majority_accuracy_counts_joint_actions_among_valid_targets():
+    # Component 'a' alone would have majority 1 (4 of 6 valid); jointly with 'b' the commonest
+    # pair is (1, 0) with 3 of the 6 valid targets. The invalid last row (2, 5) x 3 is ignored.
+    a = jnp.array([1, 1, 1, 1, 2, 3, 2, 2, 2])
+    b = jnp.array([[0, 0], [0, 0], [0, 0], [1, 1], [0, 0], [0, 0], [5, 5], [5, 5], [5, 5]])
+    valid = jnp.array([True] * 6 + [False] * 3)
+    acc = float(majority_accuracy({'a': a, 'b': b}, valid))
+    np.testing.assert_allclose(acc, 3 / 6, rtol=1e-6)
+    np.testing.assert_allclose(float(majority_accuracy({'a': a}, valid)), 4 / 6, rtol=1e-6)
+    assert float(majority_accuracy({'a': a}, jnp.zeros(9, bool))) == 0.0
