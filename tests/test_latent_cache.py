@@ -1,6 +1,7 @@
 """Latent cache (dreamer4_jax/data/latent_cache.py): what it stores, when it is stale, that an
 interrupted encode leaves nothing behind, and that the phases train from it."""
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -14,12 +15,13 @@ import pytest
 
 from dreamer4_jax import checkpoint, pretrained, world_model
 from dreamer4_jax import model_configs as mc
+from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data import latent_cache, pipeline
 from dreamer4_jax.data.config import MissingDataError, default_data_config
 from dreamer4_jax.eval import closed_loop
 from dreamer4_jax.tokenizer import Tokenizer
-from dreamer4_jax.train import dynamics_phase
+from dreamer4_jax.train import data_sources, dynamics_phase
 from dreamer4_jax.train import state as state_lib
 from tests.tiny_dataset import build_tiny
 
@@ -221,3 +223,15 @@ def test_dynamics_phase_trains_from_cached_latents(setup, tmp_path):
     mtime = key_file.stat().st_mtime_ns
     next(dynamics_phase.make_phase(c).make_data(0, 1))
     assert key_file.stat().st_mtime_ns == mtime
+
+
+def test_cache_mode_needs_a_tokenizer_run_and_a_known_mode(setup):
+    data, _, _ = setup
+    c = base_config()
+    c.phase = 'tokenizer'
+    c.data = copy.deepcopy(data)
+    with pytest.raises(ConfigError, match="phase 'tokenizer' loads none"):
+        data_sources.train_windows(c, 0, 1)
+    c.data.latents = 'disk'
+    with pytest.raises(ConfigError, match="must be 'on_the_fly' or 'cache'"):
+        data_sources.uses_latent_cache(c)

@@ -58,8 +58,9 @@ def train_windows(
     if uses_latent_cache(config):
         if encoder is None:
             raise ConfigError(
-                "config.data.latents='cache' needs the tokenizer run the phase loads; this "
-                "phase was given its tokenizer directly: use data.latents='on_the_fly'"
+                "config.data.latents='cache' serves the latents of a finished tokenizer run to "
+                f'the phases after it; phase {config.phase!r} loads none here (the tokenizer '
+                "phase itself, or a tokenizer passed in directly): use data.latents='on_the_fly'"
             )
         source = latent_cache.ensure(encoder(), config.data, 'train', may_build=process_count == 1)
         frames = {'latents': source, 'images': False}
