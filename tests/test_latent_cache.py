@@ -194,6 +194,7 @@ def test_an_interrupted_encode_leaves_nothing_half_written(setup, tmp_path, monk
     assert sorted(p.name for p in final.parent.iterdir()) == ['train']
 
 
+@pytest.mark.slow  # end to end: checkpoint -> encode -> pipeline -> a compiled dynamics step
 def test_dynamics_phase_trains_from_cached_latents(setup, tmp_path):
     data, run, _ = setup
     c = base_config()
