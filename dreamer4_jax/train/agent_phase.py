@@ -17,6 +17,9 @@ The BC-without-world-model baseline (PAPER 12.1 'BC') is this phase with
 `agent.from_scratch=True` (same architecture and data, random transformer weights) and
 `agent.loss_weights.dynamics=0` (no video prediction); see agent_config_dict.
 
+Latents: the frozen tokenizer's encoding of the batch's images in the step, or the batch's own
+'latents' when config.data.latents='cache' (dreamer4_jax/data/latent_cache.py).
+
 The value head exists from the start (its parameters are created here) but is frozen until
 phase 3 initializes its training (PAPER 10.1).
 

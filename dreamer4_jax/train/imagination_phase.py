@@ -11,6 +11,9 @@ Only the policy and value heads train (PAPER 10.1): the optimizer mask freezes t
 the task embedding, the reward head and the prior copy, and the rollout runs on stop-gradient
 parameters, so no gradient reaches them either.
 
+Context latents: encoded in the step, or cached (config.data.latents='cache'): the contexts then
+carry their in-episode history as the closed loop observes it (dreamer4_jax/data/latent_cache.py).
+
 Continuation: c_t = 1 for every imagined step (no termination head; PAPER 10.2 [U] says
 c_t = 1 is likely for Minecraft; Craftax deaths are rare over a short horizon).
 
