@@ -50,7 +50,7 @@ from ml_collections import config_flags
 from dreamer4_jax import config_checks, parallel, pretrained
 from dreamer4_jax.data.pipeline import batch_spec
 from dreamer4_jax.jaxpr_flops import count_flops
-from dreamer4_jax.train import loop, phases
+from dreamer4_jax.train import data_sources, loop, phases
 
 GiB = 2**30
 
@@ -159,6 +159,12 @@ def make_phase(
             f'ahead-of-time compilation of phase {config.phase!r} builds its earlier runs from '
             'the same experiment file: pass --config=FILE:VARIANT'
         )
+    module = importlib.import_module(phases.PHASES[str(config.phase)])
+    return module.make_phase(edit(_linked(config)), load=_abstract_loader(experiment, edit))
+
+
+def _abstract_loader(experiment: str, edit) -> Callable[..., pretrained.Pretrained]:
+    """load(workdir, expect=...) of abstract earlier runs: the experiment's variants."""
     path = experiment.partition(':')[0]
 
     def config_of(workdir: str) -> ml_collections.ConfigDict:
@@ -169,8 +175,16 @@ def make_phase(
     def load(workdir: str, **_) -> pretrained.Pretrained:
         return pretrained.abstract(config_of(workdir), config_of, workdir)
 
-    module = importlib.import_module(phases.PHASES[str(config.phase)])
-    return module.make_phase(edit(_linked(config)), load=load)
+    return load
+
+
+def _latent_shape(config, experiment, edit) -> tuple[int, int] | None:
+    """(N, C) of the batches' cached latents (config.data.latents='cache'), else None."""
+    if not data_sources.uses_latent_cache(config) or str(config.phase) not in pretrained.EARLIER:
+        return None
+    run = pretrained.load_earlier(edit(_linked(config)), load=_abstract_loader(experiment, edit))
+    tok = run.tokenizer_config()
+    return (tok.num_latents, tok.latent_dim)
 
 
 def _does_not_fit(message: str, chip: Chip) -> DoesNotFit | None:
@@ -199,7 +213,8 @@ def _trace(config, mesh, rules, rng, experiment, edit=lambda c: c):
     state = _abstract(nn.unbox(boxed), shardings)
     consts = () if phase.constants is None else (_abstract(jax.eval_shape(phase.constants)),)
     if 'data' in config:
-        batch = batch_spec(config.data, int(config.train.batch_size))
+        latent_shape = _latent_shape(config, experiment, edit)
+        batch = batch_spec(config.data, int(config.train.batch_size), latent_shape=latent_shape)
     else:  # phases on synthetic data (toy): the shapes of their first batch
         batch = _abstract(next(phase.make_data(0, 1)))
     step = loop.jit_train_step(phase, mesh, rules, shardings, len(consts))

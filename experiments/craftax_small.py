@@ -46,6 +46,9 @@ def get_config(arg: str | None = None):
     c.data.window_length = 48
     c.data.eval_batch_size = 16
     c.data.num_threads = 8
+    # Later phases read the tokenizer's latents from a cache encoded once next to the tokenizer
+    # run (dreamer4_jax/data/latent_cache.py; README: the latent cache), not in every step.
+    c.data.latents = 'on_the_fly' if variant == 'tokenizer' else 'cache'
     c.train.log_every = 100
     c.train.checkpoint_every = 2000
     c.train.eval_every = 5000

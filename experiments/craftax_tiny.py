@@ -40,6 +40,9 @@ def get_config(arg: str | None = None):
     c.data = default_data_config()
     c.data.window_length = 8
     c.data.eval_batch_size = 8
+    # Later phases read the tokenizer's latents from a cache encoded once next to the tokenizer
+    # run (dreamer4_jax/data/latent_cache.py; README: the latent cache), not in every step.
+    c.data.latents = 'on_the_fly' if variant == 'tokenizer' else 'cache'
     c.train.log_every = 25
     c.train.checkpoint_every = 100
     c.train.eval_every = 0

@@ -213,3 +213,22 @@ def test_imagined_returns_credit_the_action_before_the_reward():
     value = jnp.asarray([[0.0, 2.0, 3.0, 4.0]])
     got = imagination_phase.imagined_returns(reward, value, 0.5, 0.0)
     np.testing.assert_allclose(got, [[0.0 + 0.5 * 2.0, 1.0 + 0.5 * 3.0, 0.0 + 0.5 * 4.0]])
+
+
+def test_agent_and_imagination_steps_read_cached_latents_without_images(pretrained):
+    """With config.data.latents='cache' batches carry 'latents' and no 'image'; both steps trace
+    on them (tracing only: the latents path replaces nothing but the encoder call)."""
+    tok, (dyn_params, dyn_run) = pretrained
+    batch = {k: v for k, v in _batch().items() if k != 'image'}
+    batch['latents'] = jnp.zeros((B, T, tok[1].num_latents, tok[1].latent_dim), jnp.float32)
+    agent = agent_phase.make_phase(_config('agent'), dynamics=(dyn_params, dyn_run), tokenizer=tok)
+    state = jax.eval_shape(lambda k: nn.unbox(agent.init(k)), jax.random.key(0))
+    _, metrics = jax.eval_shape(agent.train_step, state, batch, jax.random.key(1), {})
+    assert metrics['loss/dynamics'].shape == ()
+    wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], _config('agent').agent)
+    imag = imagination_phase.make_phase(
+        _config('imagination'), agent=(None, None), tokenizer=tok, world_model=wm
+    )
+    state = jax.eval_shape(lambda k: nn.unbox(imag.init(k)), jax.random.key(0))
+    _, metrics = jax.eval_shape(imag.train_step, state, batch, jax.random.key(1), {})
+    assert metrics['pmpo/loss'].shape == ()

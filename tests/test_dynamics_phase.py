@@ -163,7 +163,7 @@ def test_phase_trains_and_evaluates(tmp_path, monkeypatch):
     config.train.checkpoint_every = 100
     config.mesh.num_devices = 2  # data parallel over 2 fake devices (strided teacher rows)
 
-    def windows(cfg, pi, pc):
+    def windows(cfg, pi, pc, **kw):  # kw: mode, encoder (the latent cache; unused here)
         ds = grain.MapDataset.range(10_000).map(_example)
         return iter(ds[pi::pc].batch(cfg.train.batch_size // pc, drop_remainder=True))
 

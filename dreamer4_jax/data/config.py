@@ -16,6 +16,7 @@ from dreamer4_jax.errors import UserError
 
 SOURCES = ('craftax', 'vpt')
 MODES = ('uniform', 'relevant', 'mixture')
+LATENT_MODES = ('on_the_fly', 'cache')
 
 
 class DataError(UserError, ValueError):
@@ -36,6 +37,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.resolution = 64
     c.width = 0  # 0: square frames
     c.window_length = 16  # T frames per training window
+    # Latents of the frozen tokenizer for phases 1b-3: 'on_the_fly' (windows carry images, the
+    # step encodes them) or 'cache' (encoded once per tokenizer checkpoint; windows carry
+    # 'latents'; dreamer4_jax/data/latent_cache.py).
+    c.latents = 'on_the_fly'
     # Partial action labels (PAPER 12.5, Fig. 7): only the first episodes of the train split keep
     # their actions; label_first_episodes >= 0 wins over label_fraction. Eval keeps all labels.
     c.label_first_episodes = -1
@@ -96,6 +101,8 @@ def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False
         fail('dir', 'is empty; set it to the folder that holds datasets (e.g. data_cache)')
     if cfg.resolution < 1 or cfg.width < 0:
         fail('resolution', f'resolution={cfg.resolution}, width={cfg.width} must be positive')
+    if str(cfg.get('latents', 'on_the_fly')) not in LATENT_MODES:
+        fail('latents', f'{cfg.latents!r} must be one of {LATENT_MODES}')
     if cfg.window_length < 1:
         fail('window_length', f'{cfg.window_length} must be >= 1')
     if not 0.0 <= cfg.label_fraction <= 1.0:

@@ -1,10 +1,12 @@
 """Grain input pipeline: seeded random windows of T frames, batched, sharded per process.
 
-Dimension keys: B batch per process, T window length, H x W frame, K tasks.
+Dimension keys: B batch per process, T window length, H x W frame, K tasks, N latents,
+C latent channels.
 
 Batch (host-local NumPy, one process's share; the trainer makes global arrays from it with
 `jax.make_array_from_process_local_data`):
-  image        uint8   [B, T, H, W, 3]
+  image        uint8   [B, T, H, W, 3]   (left out when serving cached latents only)
+  latents      float32 [B, T, N, C]   (with a latent cache: data/latent_cache.py)
   action       {name: int32 [B, T] (categorical) | int32 [B, T, n] 0/1 (binary) |
                 float32 [B, T, n] (continuous)}; the placeholder (-1 / NaN) where has_action False
   has_action   bool    [B, T]
@@ -103,10 +105,29 @@ def parse_tasks(spec: str, task_names: tuple[str, ...]) -> np.ndarray:
 
 
 class _WindowReader:
-    """(record start, task id) -> one window dict (see the module doc, without the B dim)."""
+    """(record start, task id) -> one window dict (see the module doc, without the B dim).
 
-    def __init__(self, meta: DatasetMeta, split: str, window_length: int, labeled: np.ndarray):
-        self._source = tfds.builder_from_directory(str(meta.tfds_dir)).as_data_source(split=split)
+    With `latents` (a latent_cache.LatentSource) windows carry 'latents' float32 [T, N, C] from
+    the cache; `images=False` drops 'image' (and skips decoding it).
+    """
+
+    def __init__(
+        self,
+        meta: DatasetMeta,
+        split: str,
+        window_length: int,
+        labeled: np.ndarray,
+        latents=None,
+        images: bool = True,
+    ):
+        decoders = None if images else {'image': tfds.decode.SkipDecoding()}
+        builder = tfds.builder_from_directory(str(meta.tfds_dir))
+        self._source = builder.as_data_source(split=split, decoders=decoders)
+        self._images = images
+        self._latent_source = latents
+        # Opened (and its key checked) here, so a stale cache fails before training starts;
+        # worker processes reopen it (__getstate__ drops the memory map).
+        self._latents = None if latents is None else latents.open()
         self._path, self._split_name = meta.path, split
         self._split = meta.splits[split]
         self._offsets = self._split.offsets
@@ -147,8 +168,15 @@ class _WindowReader:
         has_action = stack('has_action', bool) & self._labeled[pos]
         actions = {c.name: np.asarray([r['action'][c.name] for r in records], c.dtype)
                    for c in self._space.components}  # fmt: skip
+        window = {}
+        if self._images:
+            window['image'] = np.stack([r['image'] for r in records])
+        if self._latent_source is not None:
+            if self._latents is None:
+                self._latents = self._latent_source.open()
+            window['latents'] = np.asarray(self._latents[start : start + self._T], np.float32)
         return {
-            'image': np.stack([r['image'] for r in records]),
+            **window,
             'action': mask_actions(actions, has_action, self._space),
             'has_action': has_action,
             'reward': stack('reward', np.float32),
@@ -161,6 +189,9 @@ class _WindowReader:
             'episode_id': episode_id,
             'step': step,
         }
+
+    def __getstate__(self):
+        return {**self.__dict__, '_latents': None}
 
 
 class _Sampler:
@@ -204,12 +235,15 @@ def make_dataset(
     relevant_tasks: str | None = None,
     mixture_ratio: float | None = None,
     num_epochs: int | None = None,
+    latents=None,
+    images: bool = True,
 ) -> grain.IterDataset:
     """Batches of windows (module doc) as a checkpointable grain IterDataset.
 
     `window_length`, `relevant_tasks` and `mixture_ratio` default to the config's values;
     `num_epochs=None` repeats forever (each epoch reshuffled), else stops after that many passes
-    over the smaller stream.
+    over the smaller stream. `latents` (a latent_cache.LatentSource of this split) adds
+    'latents' float32 [B, T, N, C] to every batch; `images=False` leaves 'image' out.
     """
     cfg = data_config
     if mode not in MODES:
@@ -247,7 +281,8 @@ def make_dataset(
         batches.append(len(rel_ds) // n_rel)
     num_batches = min(batches) if num_epochs is not None else sys.maxsize // (2 * B)
     sampler = _Sampler(B, n_rel, uni_ds, uni_starts, rel_ds, rel_starts, rel_tasks)
-    reader = _WindowReader(meta, split, T, labeled_episodes(cfg, split, len(split_meta.lengths)))
+    labeled = labeled_episodes(cfg, split, len(split_meta.lengths))
+    reader = _WindowReader(meta, split, T, labeled, latents, images)
     ds = grain.MapDataset.range(num_batches * B).map(sampler).map(reader)
     ds = ds.batch(B, drop_remainder=True)
     options = grain.ReadOptions(
@@ -260,19 +295,27 @@ def make_dataset(
 
 
 def batch_spec(
-    data_config: ml_collections.ConfigDict, batch_size: int, window_length: int | None = None
+    data_config: ml_collections.ConfigDict,
+    batch_size: int,
+    window_length: int | None = None,
+    latent_shape: tuple[int, int] | None = None,
 ) -> Batch:
     """Shapes and dtypes of a batch as `make_dataset` yields it, without reading any data.
 
     A dict like the batch with `jax.ShapeDtypeStruct` leaves (for ahead-of-time compilation,
     dreamer4_jax.aot); the action space and task count follow `data_config.source`.
+    `latent_shape` (N, C): batches of cached latents ('latents' instead of 'image').
     """
     space, tasks = source_schema(data_config.source)
     bt = (int(batch_size), int(window_length or data_config.window_length))
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, np.dtype(dtype))
     flags = ('has_action', 'is_first', 'is_last', 'is_terminal', 'relevant')
+    if latent_shape is None:
+        frames = {'image': spec((*bt, *frame_shape(data_config)), np.uint8)}
+    else:
+        frames = {'latents': spec((*bt, *latent_shape), np.float32)}
     return {
-        'image': spec((*bt, *frame_shape(data_config)), np.uint8),
+        **frames,
         'action': {c.name: spec((*bt, *c.event_shape), c.dtype) for c in space.components},
         **{k: spec(bt, bool) for k in flags},
         'reward': spec(bt, np.float32),

@@ -17,6 +17,9 @@ The BC-without-world-model baseline (PAPER 12.1 'BC') is this phase with
 `agent.from_scratch=True` (same architecture and data, random transformer weights) and
 `agent.loss_weights.dynamics=0` (no video prediction); see agent_config_dict.
 
+Latents: the frozen tokenizer's encoding of the batch's images in the step, or the batch's own
+'latents' when config.data.latents='cache' (dreamer4_jax/data/latent_cache.py).
+
 The value head exists from the start (its parameters are created here) but is frozen until
 phase 3 initializes its training (PAPER 10.1).
 
@@ -155,6 +158,14 @@ def held_out_metrics(
     }
 
 
+def batch_latents(tok: Tokenizer, batch: dict, consts: dict) -> jax.Array:
+    """Clean latents of a batch: its cached 'latents' (config.data.latents='cache'), else the
+    frozen tokenizer's encoding of its images."""
+    if 'latents' in batch:
+        return jnp.asarray(batch['latents'], jnp.float32)
+    return world_model.encode_frames(tok, consts['tokenizer'], batch['image'])
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentStep:
     """The static pieces of an agent train step (bound with functools.partial)."""
@@ -175,7 +186,7 @@ def train_step(s: AgentStep, state, batch, rng, consts):
     k_task, k_loss = jax.random.split(rng)
     task_B, relevant_B = row_tasks(batch, s.wm.heads.config.num_tasks, k_task)
     rows = {term: _rows(choice, relevant_B) for term, choice in s.rows}
-    z1 = world_model.encode_frames(s.tokenizer, consts['tokenizer'], batch['image'])
+    z1 = batch_latents(s.tokenizer, batch, consts)
     weights = dict(s.weights)
 
     def loss_fn(params):
@@ -229,6 +240,7 @@ def make_phase(
     else:
         dyn_run = pretrained.load_earlier(config, load=load)
         dyn_params, dyn_cfg = None, dyn_run.config
+    tok_run = None
     if tokenizer is not None:
         tok_params, tok_cfg = tokenizer
     else:
@@ -298,7 +310,13 @@ def make_phase(
         init=init,
         train_step=functools.partial(train_step, step),
         evaluate=evaluate,
-        make_data=lambda pi, pc: data_sources.train_windows(config, pi, pc, mode=str(ac.data_mode)),
+        make_data=lambda pi, pc: data_sources.train_windows(
+            config,
+            pi,
+            pc,
+            mode=str(ac.data_mode),
+            encoder=data_sources.tokenizer_encoder(tok_run, frozen_tokenizer),
+        ),
         main_metrics=('loss/total', 'loss/bc', 'loss/reward', 'agent/bc_accuracy_offset0'),
         checked_metrics=tuple(f'loss/{k}' for k in weights) + ('loss/total',),
         constants=lambda: {'tokenizer': frozen_tokenizer()},

@@ -1,9 +1,9 @@
 """Phase 1b: train the interactive dynamics model with shortcut forcing (PAPER 6) on the loop.
 
-Latents come from the frozen tokenizer INSIDE the jitted step (its params are a loop constant):
-the data stays the image windows every phase reads, nothing is pre-computed or stored twice, and
-the encoder forward costs a fraction of the dynamics step (benchmarks/bench_dynamics.py).
-A batch that already carries 'latents' [B, T, N, C] can skip it (config.dynamics.latents='batch').
+Latents come from the frozen tokenizer INSIDE the jitted step (its params are a loop constant),
+or, with config.data.latents='cache', from the latent cache of the tokenizer run: encoded once,
+served by the pipeline as 'latents' [B, T, N, C] (dreamer4_jax/data/latent_cache.py; the step
+then reads them as with config.dynamics.latents='batch', a batch that carries its own latents).
 
 Training tricks, each one config field of `config.dynamics`:
   independent_fraction  PAPER 6.5: that share of rows is trained as separate images (time
@@ -314,6 +314,7 @@ def make_phase(
     passes abstract ones). `tokenizer` = (params, TokenizerConfig) skips loading (tests).
     """
     dc = config.dynamics
+    tok_run = None
     if tokenizer is not None:
         tok_params, tok_cfg = tokenizer
     else:
@@ -328,7 +329,7 @@ def make_phase(
         objective=shortcut_config_from(dc),
         plan=plan,
         tx=state_lib.make_optimizer(config.train),
-        latents=str(dc.latents),
+        latents='batch' if data_sources.uses_latent_cache(config) else str(dc.latents),
         rms_beta=float(dc.rms_beta),
     )
 
@@ -363,7 +364,9 @@ def make_phase(
         name='dynamics',
         init=init,
         train_step=functools.partial(train_step, step),
-        make_data=lambda pi, pc: data_sources.train_windows(config, pi, pc),
+        make_data=lambda pi, pc: data_sources.train_windows(
+            config, pi, pc, encoder=data_sources.tokenizer_encoder(tok_run, frozen_tokenizer)
+        ),
         evaluate=evaluate,
         main_metrics=('loss/total', 'flow_mse', 'bootstrap_mse'),
         checked_metrics=('loss/total', 'loss/dynamics'),

@@ -11,6 +11,9 @@ Only the policy and value heads train (PAPER 10.1): the optimizer mask freezes t
 the task embedding, the reward head and the prior copy, and the rollout runs on stop-gradient
 parameters, so no gradient reaches them either.
 
+Context latents: encoded in the step, or cached (config.data.latents='cache'): the contexts then
+carry their in-episode history as the closed loop observes it (dreamer4_jax/data/latent_cache.py).
+
 Continuation: c_t = 1 for every imagined step (no termination head; PAPER 10.2 [U] says
 c_t = 1 is likely for Minecraft; Craftax deaths are rare over a short horizon).
 
@@ -36,6 +39,7 @@ from dreamer4_jax.imagination import Trajectory, WorldModel, imagine
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
+from dreamer4_jax.train.agent_phase import batch_latents
 from dreamer4_jax.train.loop import Phase
 from dreamer4_jax.train.warm_start import load_into, mask_by_prefix
 from dreamer4_jax.world_model import row_tasks
@@ -111,7 +115,7 @@ def train_step(s: ImaginationStep, state, batch, rng, consts):
     ctx = jax.tree.map(lambda x: x[:, : s.context], batch)  # every entry is [B, T, ...]
     # The task of a window is found over the whole window: its event may lie ahead.
     task_B, _ = row_tasks(batch, s.wm.heads.config.num_tasks, k_task)
-    z = world_model.encode_frames(s.tokenizer, consts['tokenizer'], ctx['image'])
+    z = batch_latents(s.tokenizer, ctx, consts)
     acts, has = align_actions(ctx['action'], ctx['has_action'], ctx['is_first'])
     frozen = jax.lax.stop_gradient(state.params)
     traj = imagine(s.wm, frozen, z, acts, has, task_B, k_img, s.horizon)
@@ -159,6 +163,7 @@ def make_phase(
         agent_run = pretrained.load_earlier(config, load=load)
         agent_params = None
     wm = world_model if world_model is not None else agent_run.world_model()
+    tok_run = None
     if tokenizer is not None:
         tok_params, tok_cfg = tokenizer
     else:
@@ -197,7 +202,13 @@ def make_phase(
         name='imagination',
         init=init,
         train_step=functools.partial(train_step, step),
-        make_data=lambda pi, pc: data_sources.train_windows(config, pi, pc, mode=str(ic.data_mode)),
+        make_data=lambda pi, pc: data_sources.train_windows(
+            config,
+            pi,
+            pc,
+            mode=str(ic.data_mode),
+            encoder=data_sources.tokenizer_encoder(tok_run, frozen_tokenizer),
+        ),
         main_metrics=('loss/total', 'imagine/return', 'pmpo/frac_positive', 'pmpo/kl'),
         checked_metrics=('loss/total', 'loss/value', 'pmpo/loss'),
         constants=lambda: {'tokenizer': frozen_tokenizer()},
