@@ -154,6 +154,8 @@ def held_out_metrics(
         'bc_nll': terms['bc'],
         'reward_nll': terms['reward'],
         'bc_accuracy_offset0': logs['agent/bc_accuracy_offset0'],
+        # Always playing the commonest action of these windows: what BC accuracy is read against.
+        'majority_accuracy_offset0': logs['agent/majority_accuracy_offset0'],
         'reward_abs_err_offset0': logs['agent/reward_abs_err_offset0'],
     }
 
