@@ -11,7 +11,9 @@ Shapes (the peer's defaults):
              1 action token, 1 shortcut token and 6 registers; B = 8 x T = 32.
 Both steps are the project's real phase steps, jitted with the state donated as the loop does
 (tokenizer: MSE + LPIPS, RMS normalization, AdamW; dynamics: shortcut forcing with the teacher
-passes on a quarter of the rows, EMA, pre-tokenized latents). Model FLOPs count what the
+passes on a quarter of the rows, EMA) on pre-tokenized latents, and again encoding the frames
+with the frozen peer-shape tokenizer inside the step as the peer does ('dynamics_on_the_fly',
+whose FLOPs add the encoder's forward). Model FLOPs count what the
 step's model computes (3x forward matmuls, attention included; LPIPS, elementwise work and remat
 recompute not counted); `*_flops_per_sec` keys become `*_mfu_f32` in the harness (the f32
 peak of the same run), and this module also reports the ratio to a peak measured right before.
@@ -37,10 +39,12 @@ import numpy as np
 from benchmarks.bench_dynamics import step_flops as dynamics_step_flops
 from benchmarks.bench_tokenizer import tokenizer_flops
 from benchmarks.run import matmul_peak, time_fn
-from dreamer4_jax import generation
+from dreamer4_jax import generation, world_model
 from dreamer4_jax import model_configs as mc
 from dreamer4_jax.configs import base_config
-from dreamer4_jax.dynamics import init_params
+from dreamer4_jax.dynamics import Dynamics, init_params
+from dreamer4_jax.nn import forward_flops
+from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import dynamics_phase, tokenizer_phase
 
 BATCH, FRAMES = 8, 32
@@ -115,13 +119,29 @@ def tokenizer_step(config: ml_collections.ConfigDict):
 
 
 def dynamics_step(config: ml_collections.ConfigDict):
-    """(run, model FLOPs per step) of the real phase-1b step on pre-tokenized latents."""
+    """(run, model FLOPs per step, tokens per frame) of the real phase-1b step.
+
+    With config.dynamics.latents == 'on_the_fly' the step encodes the frames with a frozen
+    tokenizer first (as the peer's step does); the encoder's forward FLOPs are then counted too.
+    """
     tok_cfg = mc.tokenizer_config_from(config.tokenizer)
-    phase = dynamics_phase.make_phase(config, (None, tok_cfg))
+    on_the_fly = str(config.dynamics.latents) == 'on_the_fly'
+    tok_params = None
+    if on_the_fly:
+        tok = Tokenizer(tok_cfg)
+        tok_params = jax.jit(lambda r: nn.unbox(world_model.init_tokenizer_params(tok, r)))(
+            jax.random.key(0)
+        )
+    phase = dynamics_phase.make_phase(config, (tok_params, tok_cfg))
     b, t = int(config.train.batch_size), int(config.data.window_length)
-    run = _runner(phase, _frames(b, t, tok_cfg, True), {'tokenizer': None})
+    run = _runner(phase, _frames(b, t, tok_cfg, not on_the_fly), {'tokenizer': tok_params})
     model_cfg = mc.dynamics_config_from(config.dynamics, tok_cfg)
     flops = dynamics_step_flops(model_cfg, dynamics_phase.make_plan(config), b, t)
+    if on_the_fly:
+        s_enc = tok_cfg.num_patches + tok_cfg.num_latents
+        flops += forward_flops(tok_cfg.encoder, s_enc, b, t)['total']
+        io = tok_cfg.num_patches * tok_cfg.patch_pixels + tok_cfg.num_latents * tok_cfg.latent_dim
+        flops += 2 * b * t * io * tok_cfg.encoder.width
     return run, flops, model_cfg.layout().num_tokens
 
 
@@ -144,12 +164,9 @@ def train_figures(name: str, make, config, rounds: int) -> dict:
     }
 
 
-def _gen_setup(config, batch: int):
+def _gen_setup(config):
     tok_cfg = mc.tokenizer_config_from(config.tokenizer)
-    model = mc.dynamics_config_from(config.dynamics, tok_cfg)
-    from dreamer4_jax.dynamics import Dynamics
-
-    model = Dynamics(model)
+    model = Dynamics(mc.dynamics_config_from(config.dynamics, tok_cfg))
     params = jax.jit(lambda r: nn.unbox(init_params(model, r)))(jax.random.key(0))
     return model, params
 
@@ -217,6 +234,27 @@ def fresh_frame_ms(model, params, context: int, steps: int = 4, frames: int = 20
     return 1e3 * float(np.median(times))
 
 
+def generate_frame_ms(model, params, context: int, steps: int = 4) -> float:
+    """ms per frame of the previous path: jit(generate_frame), no donation, key split outside."""
+    fill, _ = _compiled(model, steps)
+    sampling = generation.SamplingConfig(num_steps=steps)
+    gen = jax.jit(functools.partial(generation.generate_frame, model, sampling=sampling))
+    c = model.config
+    z = jnp.zeros((1, context, c.num_latents, c.latent_dim))
+    acts = {'discrete': jnp.zeros((1, context), jnp.int32)}
+    act = {'discrete': jnp.zeros((1, 1), jnp.int32)}
+    has = jnp.ones((1, 1), bool)
+    holder = {'cache': fill(params, z, acts, jnp.ones((1, context), bool), jax.random.key(2))}
+    holder['rng'] = jax.random.key(3)
+
+    def run():
+        holder['rng'], sub = jax.random.split(holder['rng'])
+        z, holder['cache'] = gen(params, holder['cache'], act, has, sub)
+        return z
+
+    return 1e3 * time_fn(run, repeats=5, min_time=0.2)
+
+
 def generation_profile_target(model, params, context: int):
     """(fn, compiled HLO text) of a batch-1 frame after `context` frames (for profile_ops)."""
     fill, frame = _compiled(model, 4)
@@ -238,10 +276,11 @@ def generation_profile_target(model, params, context: int):
 
 def generation_figures(config, quick: bool) -> dict:
     out = {}
-    model, params = _gen_setup(config, 1)
+    model, params = _gen_setup(config)
     for context in CONTEXTS if not quick else (1, 63):
         out[f'gen_b1_ctx{context}_ms_per_frame'] = fresh_frame_ms(model, params, context)
     ms, noop = frame_ms(model, params, 1, 63)
+    out['gen_b1_generate_frame_ms_per_frame'] = generate_frame_ms(model, params, 63)
     out['gen_b1_steady_ms_per_frame'] = ms
     out['gen_b1_noop_call_ms'] = noop
     ms16, _ = frame_ms(model, params, 16, 63)
@@ -251,7 +290,7 @@ def generation_figures(config, quick: bool) -> dict:
 
 
 def run(quick: bool = False, **transformer) -> dict:
-    b, t = (2, 8) if quick else (BATCH, FRAMES)
+    b, t = (4, 8) if quick else (BATCH, FRAMES)  # 4 rows: teacher_rows 0.25 = one row
     rounds = 1 if quick else 2
     out = {'batch': b, 'frames': t}
     config = peer_config(b, t, **transformer)
@@ -262,6 +301,9 @@ def run(quick: bool = False, **transformer) -> dict:
         out['tokenizer_no_lpips_step_seconds'] / out['tokenizer_step_seconds']
     )
     out.update(train_figures('dynamics', dynamics_step, config, rounds))
+    fly = peer_config(b, t, **transformer)
+    fly.dynamics.latents = 'on_the_fly'
+    out.update(train_figures('dynamics_on_the_fly', dynamics_step, fly, rounds))
     out.update(generation_figures(config, quick))
     return out
 

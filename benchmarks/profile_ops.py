@@ -118,10 +118,15 @@ def _where(op_name: str) -> str:
     return '/'.join(parts[-3:])
 
 
-def profile(fn, compiled_text: str, calls: int = 5, dump: str = '') -> dict:
+def profile(fn, compiled_text: str, calls: int = 5, dump: str = '', top: int = 0) -> dict:
     """Seconds per call of fn() by (part, kind), from a profiler trace of `calls` calls."""
     jax.block_until_ready(fn())
     instr = _instructions(compiled_text)
+    shapes = {
+        m.group(1).lstrip('%'): m.group(2)
+        for line in compiled_text.splitlines()
+        if (m := re.match(r'^\s*(?:ROOT )?(%?[\w.\-]+) = (\S+) ', line))
+    }
     if dump:
         with open(dump, 'w') as f:
             f.write(compiled_text)
@@ -133,6 +138,7 @@ def profile(fn, compiled_text: str, calls: int = 5, dump: str = '') -> dict:
         data = jax.profiler.ProfileData.from_file(path)
     by = collections.Counter()
     where = collections.Counter()
+    per_instr = collections.Counter()
     unknown = collections.Counter()
     for plane in data.planes:
         for line in plane.lines:
@@ -144,10 +150,15 @@ def profile(fn, compiled_text: str, calls: int = 5, dump: str = '') -> dict:
                 op, inner, op_name = instr[name]
                 by[(_part(op_name), _kind(op, inner))] += ev.duration_ns
                 where[_where(op_name)] += ev.duration_ns
+                per_instr[name] += ev.duration_ns
     total = sum(by.values())
     out = {f'{p}/{k}': v / calls / 1e9 for (p, k), v in by.most_common()}
     out['_total_thunk_seconds'] = total / calls / 1e9
     out['_by_source'] = {k: v / calls / 1e9 for k, v in where.most_common(25)}
+    out['_top_instructions'] = [
+        f'{v / calls / 1e6:.1f} ms {n} {instr[n][0]} {_where(instr[n][2])} {shapes.get(n, "")}'
+        for n, v in per_instr.most_common(top)
+    ]
     out['_top_unmatched'] = {k: v / calls / 1e9 for k, v in unknown.most_common(8)}
     return out
 
@@ -158,7 +169,7 @@ def _targets(ps, config):
         return run, run.hlo_text()
 
     def gen():
-        model, params = ps._gen_setup(config, 1)
+        model, params = ps._gen_setup(config)
         return ps.generation_profile_target(model, params, 63)
 
     return {
@@ -175,19 +186,22 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true')
     parser.add_argument('--what', default='tokenizer,dynamics,generation')
     parser.add_argument('--set', default='', help='transformer overrides, e.g. remat=none')
+    parser.add_argument('--top', type=int, default=0, help='list the N slowest instructions')
     parser.add_argument('--dump', default='', help='write each compiled HLO to DUMP_<what>.txt')
     args = parser.parse_args(argv)
     overrides = {}
     for kv in filter(None, args.set.split(',')):
         k, v = kv.split('=')
         overrides[k] = v
-    b, t = (2, 8) if args.quick else (ps.BATCH, ps.FRAMES)
+    b, t = (4, 8) if args.quick else (ps.BATCH, ps.FRAMES)
     config = ps.peer_config(b, t, **overrides)
     result = {}
     targets = _targets(ps, config)
     for what in args.what.split(','):
         fn, text = targets[what]()
-        result[what] = profile(fn, text, dump=f'{args.dump}_{what}.txt' if args.dump else '')
+        result[what] = profile(
+            fn, text, dump=f'{args.dump}_{what}.txt' if args.dump else '', top=args.top
+        )
     print(json.dumps(result, indent=1))
     return result
 
