@@ -23,6 +23,7 @@ Dimension keys: B batch, T context frames, H generated frames, L = T + H, N late
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -211,6 +212,35 @@ def generate_frame(
     # Commit pass (PAPER 7 [U]): the generated frame at the context signal level enters the cache.
     _, cache = commit(model, params, z_new, actions, has_B1, cache, rng_ctx, sampling)
     return z_new, cache
+
+
+def frame_step(
+    model: Dynamics,
+    params: Any,
+    cache: KVCache,
+    actions: Mapping[str, Any],
+    has_B1: jax.Array,
+    rng: jax.Array,
+    sampling: SamplingConfig = SamplingConfig(),
+) -> tuple[jax.Array, KVCache, jax.Array]:
+    """`generate_frame` that also returns the key for the next frame: (z_B1NC, cache, rng).
+
+    One interactive frame is then one call of `jit_frame_step` with nothing to do on the host
+    between frames (the key is split inside, not by a separate dispatch).
+    """
+    rng, sub = jax.random.split(rng)
+    z, cache = generate_frame(model, params, cache, actions, has_B1, sub, sampling)
+    return z, cache, rng
+
+
+@functools.cache
+def jit_frame_step(model: Dynamics, sampling: SamplingConfig = SamplingConfig()):
+    """`frame_step` compiled once per (model, sampling): K denoising passes and the commit in one
+    call, the cache donated (updated in place instead of copied each frame).
+
+    Call it as f(params, cache, actions, has_B1, rng); the cache passed in is consumed.
+    """
+    return jax.jit(functools.partial(frame_step, model, sampling=sampling), donate_argnums=(1,))
 
 
 def _rollout_cached(model, params, z_ctx, actions, has, rng, horizon, sampling, max_frames):
