@@ -29,7 +29,8 @@ def _block(**kw):
 def _config(variant: str):
     c = get_config(variant)
     c.data.window_length = 4
-    c.tokenizer.patch = 16  # 64x64 Craftax frames -> 16 patches
+    c.tokenizer.patch = 16  # the whole 64x64 Craftax frame -> 16 patches
+    c.tokenizer.content_height = c.tokenizer.content_width = 0
     c.tokenizer.num_latents = 4
     c.tokenizer.latent_dim = 4
     c.tokenizer.encoder = _block()
