@@ -63,8 +63,10 @@ def test_make_demo_on_a_fresh_clone(tmp_path):
     build_tiny(data, lengths=(12,) * 6, as_collected=True)
 
     env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'DREAMER4_DEBUG')}
-    # tokenizer: round(400 * 0.0025) = 1 step; report: the page over what exists.
-    args = 'DEMO_ARGS=--stages=data,tokenizer,report --steps_scale=0.0025'
+    # tokenizer: round(800 * 0.00125) = 1 step; report: the page over what exists.
+    steps = demo.stage_config('tokenizer', 'runs/demo').train.steps
+    assert round(steps * 0.00125) == 1, steps  # keep the smoke run at one step
+    args = 'DEMO_ARGS=--stages=data,tokenizer,report --steps_scale=0.00125'
     result = subprocess.run(['make', 'demo', args], cwd=clone, env=env, capture_output=True,
                             text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
