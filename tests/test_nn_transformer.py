@@ -197,3 +197,29 @@ def test_bad_input_is_rejected():
         TransformerConfig(attention_impl='dpa_xla', softcap=50.0)
     with pytest.raises(ValueError, match='pattern'):
         TransformerConfig(depth=3, pattern='stx')
+
+
+def test_qk_norm_scale_sets_the_initial_q_and_k_scales():
+    """qk_norm_scale=s starts every q/k norm scale at s: the same as a scale-1 model whose q/k
+    scales are set to s by hand, and different from the scale-1 model itself."""
+    lay = encoder_layout(4, 2)
+    x = _x(lay)
+    cfg2 = dataclasses.replace(CFG, qk_norm_scale=2.0)
+    init1 = Transformer(CFG, lay).init(jax.random.key(0), x)
+    init2 = Transformer(cfg2, lay).init(jax.random.key(0), x)
+    leaves = jax.tree_util.tree_leaves_with_path(init2)
+    scales = [v for p, v in leaves if 'q_norm' in jax.tree_util.keystr(p) or 'k_norm' in
+              jax.tree_util.keystr(p)]  # fmt: skip
+    assert scales and all(np.all(np.asarray(v) == 2.0) for v in scales)
+
+    def by_hand(path, v):
+        name = jax.tree_util.keystr(path)
+        return jnp.full_like(v, 2.0) if ('q_norm' in name or 'k_norm' in name) else v
+
+    hand = jax.tree_util.tree_map_with_path(by_hand, init1)
+    apply1 = Transformer(CFG, lay).apply
+    out2 = Transformer(cfg2, lay).apply(init2, x)
+    _same(out2, apply1(hand, x))
+    _differs(out2, apply1(init1, x))
+    with pytest.raises(ValueError, match='qk_norm_scale must be > 0'):
+        TransformerConfig(width=32, depth=1, num_heads=4, qk_norm_scale=0.0)

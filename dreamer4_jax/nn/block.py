@@ -66,11 +66,12 @@ class Attention(nn.Module):
         q_BTSNGK, k_BTSN1K, v_BTSN1K = split(qkv, (g, 1, 1), axis=-2)
         k_BTSNK, v_BTSNK = k_BTSN1K[..., 0, :], v_BTSN1K[..., 0, :]
         if cfg.qk_norm:  # PAPER 3.2: RMSNorm on per-head q and k (scale shared over heads)
+            scale_init = nn.initializers.constant(cfg.qk_norm_scale)
             q_scale = self.param(
-                'q_norm', param_init(nn.initializers.ones, ('head_dim',)), (kd,), jnp.float32
+                'q_norm', param_init(scale_init, ('head_dim',)), (kd,), jnp.float32
             )
             k_scale = self.param(
-                'k_norm', param_init(nn.initializers.ones, ('head_dim',)), (kd,), jnp.float32
+                'k_norm', param_init(scale_init, ('head_dim',)), (kd,), jnp.float32
             )
             q_BTSNGK = rms_norm(q_BTSNGK, q_scale, cfg.norm_eps)
             k_BTSNK = rms_norm(k_BTSNK, k_scale, cfg.norm_eps)

@@ -43,6 +43,9 @@ class TransformerConfig:
       softcap: attention logit soft-cap c, logits -> c * tanh(logits / c); None = off
         (PAPER 3.2 suggests the Gemma-2 value 50).
       qk_norm: RMSNorm on per-head queries and keys before the dot product (PAPER 3.2).
+      qk_norm_scale: initial value of the learned q and k norm scales. A head's logits are at
+        most sqrt(head dim) x q scale x k scale, so with small heads an initial 1 keeps attention
+        flat early in training; the paper does not give it [U].
       rope_base: RoPE wavelength base, for both the frame axis and the token axis.
       norm_eps: epsilon of every RMSNorm.
       dtype: compute dtype of matmuls ('float32' or 'bfloat16'); parameters, norms, softmax and
@@ -79,6 +82,7 @@ class TransformerConfig:
     dense: bool = False
     softcap: float | None = 50.0
     qk_norm: bool = True
+    qk_norm_scale: float = 1.0
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     dtype: str = 'float32'
@@ -100,6 +104,8 @@ class TransformerConfig:
             bad(f'width={self.width} is not divisible by num_heads={self.num_heads}; set head_dim')
         if self.key_dim % 2:
             bad(f'head_dim must be even for RoPE, got {self.key_dim}')
+        if not self.qk_norm_scale > 0:
+            bad(f'qk_norm_scale must be > 0, got {self.qk_norm_scale}')
         if self.dense and self.key_dim % 4:
             bad(
                 f'dense attention splits RoPE over (frame, token): head_dim % 4 == 0 needed, '
