@@ -268,7 +268,8 @@ def majority_accuracy(actions: dict[str, Array], valid: Array) -> Array:
     The baseline that BC accuracy is read against: 0.06 is chance over Craftax's 17 actions, but
     a policy that always plays the commonest action of these very targets scores this (an
     optimistic baseline: it picks the majority with the labels in hand). Counts come from a
-    pairwise-equality matrix over the targets, so any action space works without a class count.
+    pairwise-equality matrix over the targets, so any action space works without a class count;
+    it is M x M, so it belongs on evaluation batches, not in the train step.
     actions: {component: [M] or [M, n]}; valid: bool [M].
     """
     same_MM = jnp.ones((valid.shape[0],) * 2, bool)
@@ -278,6 +279,14 @@ def majority_accuracy(actions: dict[str, Array], valid: Array) -> Array:
     counts_M = jnp.sum(same_MM & valid[None, :], axis=1)
     best = jnp.max(jnp.where(valid, counts_M, 0))
     return best / jnp.maximum(jnp.sum(valid), 1)
+
+
+def batch_majority_accuracy(batch: dict) -> Array:
+    """`majority_accuracy` over the offset-0 BC targets of a batch (the targets BC accuracy at
+    offset 0 is scored on, over every row)."""
+    actions, valid = policy_targets(batch, 1)
+    flat = {k: jnp.reshape(v[:, :, 0], (-1, *v.shape[3:])) for k, v in actions.items()}
+    return majority_accuracy(flat, jnp.reshape(valid[:, :, 0], (-1,)))
 
 
 def _masked_offset_mean(nll_BTN: Array, valid_BTN: Array) -> tuple[Array, Array]:
@@ -336,10 +345,6 @@ def agent_loss_terms(
     hit_BT = jnp.all(jnp.stack(hits), axis=0)
     v0 = a_valid[:, :, 0]
     metrics['agent/bc_accuracy_offset0'] = jnp.sum(hit_BT & v0) / jnp.maximum(jnp.sum(v0), 1)
-    metrics['agent/majority_accuracy_offset0'] = majority_accuracy(
-        {k: jnp.reshape(v[:, :, 0], (-1, *v.shape[3:])) for k, v in actions.items()},
-        jnp.reshape(v0, (-1,)),
-    )
     pred_r = reward_dist.mean(reward_logits_BTN[:, :, 0])
     r0 = r_valid[:, :, 0]
     metrics['agent/reward_abs_err_offset0'] = jnp.sum(

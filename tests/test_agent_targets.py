@@ -9,6 +9,7 @@ from dreamer4_jax.agent import (
     AgentConfig,
     AgentHeads,
     agent_loss_terms,
+    batch_majority_accuracy,
     init_agent_params,
     majority_accuracy,
     policy_targets,
@@ -176,3 +177,15 @@ def test_majority_accuracy_counts_joint_actions_among_valid_targets():
     np.testing.assert_allclose(acc, 3 / 6, rtol=1e-6)
     np.testing.assert_allclose(float(majority_accuracy({'a': a}, valid)), 4 / 6, rtol=1e-6)
     assert float(majority_accuracy({'a': a}, jnp.zeros(9, bool))) == 0.0
+
+
+def test_batch_majority_accuracy_scores_only_offset0_bc_targets():
+    # Row 0: actions 3 3 5 3 with frame 3 the episode's last (no action follows it);
+    # row 1: 5 5 5 5 with frame 0 unlabeled. Valid targets: 3 3 5 | 5 5 5 -> majority 5, 4 of 6.
+    batch = {
+        'action': {'discrete': jnp.array([[3, 3, 5, 3], [5, 5, 5, 5]], jnp.int32)},
+        'has_action': jnp.array([[1, 1, 1, 1], [0, 1, 1, 1]], bool),
+        'is_first': jnp.array([[1, 0, 0, 0], [1, 0, 0, 0]], bool),
+        'is_last': jnp.array([[0, 0, 0, 1], [0, 0, 0, 0]], bool),
+    }
+    np.testing.assert_allclose(float(batch_majority_accuracy(batch)), 4 / 6, rtol=1e-6)

@@ -38,7 +38,7 @@ import ml_collections
 import optax
 
 from dreamer4_jax import generation, losses, pretrained, shortcut, world_model
-from dreamer4_jax.agent import AgentHeads, agent_loss_terms
+from dreamer4_jax.agent import AgentHeads, agent_loss_terms, batch_majority_accuracy
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.dynamics import align_actions
 from dreamer4_jax.model_configs import shortcut_config_from
@@ -155,7 +155,7 @@ def held_out_metrics(
         'reward_nll': terms['reward'],
         'bc_accuracy_offset0': logs['agent/bc_accuracy_offset0'],
         # Always playing the commonest action of these windows: what BC accuracy is read against.
-        'majority_accuracy_offset0': logs['agent/majority_accuracy_offset0'],
+        'majority_accuracy_offset0': batch_majority_accuracy(batch),
         'reward_abs_err_offset0': logs['agent/reward_abs_err_offset0'],
     }
 
