@@ -24,33 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamer4_jax import checkpoint, config_checks, parallel, pretrained
-from dreamer4_jax.actions import craftax_action_space
-from dreamer4_jax.data import build
-from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES
+from dreamer4_jax.data.synthetic import build_synthetic_dataset
 from dreamer4_jax.train import loop, phases
 from dreamer4_jax.train import state as state_lib
 
 EXPERIMENT = 'experiments/craftax_tiny.py'
 MODES = ('on_the_fly', 'cache')
-
-
-def _episode(e: int, length: int) -> dict:
-    rs = np.random.RandomState(e)
-    events = np.zeros((length, len(ACHIEVEMENT_NAMES)), bool)
-    events[rs.randint(1, length, 4), rs.randint(0, len(ACHIEVEMENT_NAMES), 4)] = True
-    t = np.arange(length)
-    return {
-        'episode_id': e,
-        'policy': 'random',
-        'image': rs.randint(0, 255, (length, 64, 64, 3)).astype(np.uint8),
-        'action': {'discrete': rs.randint(0, 17, length).astype(np.int32)},
-        'has_action': np.ones(length, bool),
-        'reward': events.any(axis=1).astype(np.float32),
-        'task_event': events,
-        'is_first': t == 0,
-        'is_last': t == length - 1,
-        'is_terminal': np.zeros(length, bool),
-    }
 
 
 def _config(variant: str, root: str, data_dir: str):
@@ -123,12 +102,7 @@ def run(quick: bool = False, steps: int | None = None, rounds: int = 3, data_dir
             cfg = _config('dynamics', root, data_dir).data
             n, length = (8, 100) if quick else (29, 200)  # the demo's: 29 train episodes
             cfg.eval_fraction = 1 / (n + 1)
-            build.build_dataset_from_episodes(
-                cfg,
-                (_episode(e, length) for e in range(n + 1)),
-                action_space=craftax_action_space(),
-                task_names=ACHIEVEMENT_NAMES,
-            )
+            build_synthetic_dataset(cfg, lengths=(length,) * (n + 1))
         tok_cfg, dyn_cfg = _config('tokenizer', root, data_dir), _config('dynamics', root, data_dir)
         _save_random_run(tok_cfg, dyn_cfg.dynamics.tokenizer_workdir)
         _save_random_run(dyn_cfg, dyn_cfg.agent.dynamics_workdir)

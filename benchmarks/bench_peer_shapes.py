@@ -178,17 +178,22 @@ def _compiled(model, steps: int):
     return fill, generation.jit_frame_step(model, sampling)
 
 
-def frame_ms(model, params, batch: int, context: int, steps: int = 4) -> tuple[float, float]:
-    """(ms per frame of the one-call frame step, ms of a no-op call on the same pytree)."""
-    fill, frame = _compiled(model, steps)
+def _prefilled(model, params, batch: int, context: int, steps: int):
+    """(cache after `context` random frames, the next frame's action, its has_action)."""
+    fill, _ = _compiled(model, steps)
     c = model.config
     z = jax.random.uniform(
         jax.random.key(1), (batch, context, c.num_latents, c.latent_dim), minval=-1, maxval=1
     )
     acts = {'discrete': jnp.zeros((batch, context), jnp.int32)}
     cache = fill(params, z, acts, jnp.ones((batch, context), bool), jax.random.key(2))
-    act = {'discrete': jnp.zeros((batch, 1), jnp.int32)}
-    has = jnp.ones((batch, 1), bool)
+    return cache, {'discrete': jnp.zeros((batch, 1), jnp.int32)}, jnp.ones((batch, 1), bool)
+
+
+def frame_ms(model, params, batch: int, context: int, steps: int = 4) -> tuple[float, float]:
+    """(ms per frame of the one-call frame step, ms of a no-op call on the same pytree)."""
+    _, frame = _compiled(model, steps)
+    cache, act, has = _prefilled(model, params, batch, context, steps)
     holder = {'cache': cache, 'rng': jax.random.key(3)}
 
     def gen():
@@ -215,15 +220,8 @@ def fresh_frame_ms(model, params, context: int, steps: int = 4, frames: int = 20
     `frame_ms` times many frames in a row, so after a few calls the cache is full whatever the
     prefill was; this one re-prefills and times each early frame alone (context .. context+20).
     """
-    fill, frame = _compiled(model, steps)
-    c = model.config
-    z = jax.random.uniform(
-        jax.random.key(1), (1, context, c.num_latents, c.latent_dim), minval=-1, maxval=1
-    )
-    acts = {'discrete': jnp.zeros((1, context), jnp.int32)}
-    act = {'discrete': jnp.zeros((1, 1), jnp.int32)}
-    has = jnp.ones((1, 1), bool)
-    cache = fill(params, z, acts, jnp.ones((1, context), bool), jax.random.key(2))
+    _, frame = _compiled(model, steps)
+    cache, act, has = _prefilled(model, params, 1, context, steps)
     rng = jax.random.key(3)
     jax.block_until_ready(frame(params, jax.tree.map(jnp.copy, cache), act, has, rng))  # compile
     times = []
@@ -236,16 +234,10 @@ def fresh_frame_ms(model, params, context: int, steps: int = 4, frames: int = 20
 
 def generate_frame_ms(model, params, context: int, steps: int = 4) -> float:
     """ms per frame of the previous path: jit(generate_frame), no donation, key split outside."""
-    fill, _ = _compiled(model, steps)
     sampling = generation.SamplingConfig(num_steps=steps)
     gen = jax.jit(functools.partial(generation.generate_frame, model, sampling=sampling))
-    c = model.config
-    z = jnp.zeros((1, context, c.num_latents, c.latent_dim))
-    acts = {'discrete': jnp.zeros((1, context), jnp.int32)}
-    act = {'discrete': jnp.zeros((1, 1), jnp.int32)}
-    has = jnp.ones((1, 1), bool)
-    holder = {'cache': fill(params, z, acts, jnp.ones((1, context), bool), jax.random.key(2))}
-    holder['rng'] = jax.random.key(3)
+    cache, act, has = _prefilled(model, params, 1, context, steps)
+    holder = {'cache': cache, 'rng': jax.random.key(3)}
 
     def run():
         holder['rng'], sub = jax.random.split(holder['rng'])
@@ -257,13 +249,9 @@ def generate_frame_ms(model, params, context: int, steps: int = 4) -> float:
 
 def generation_profile_target(model, params, context: int):
     """(fn, compiled HLO text) of a batch-1 frame after `context` frames (for profile_ops)."""
-    fill, frame = _compiled(model, 4)
-    c = model.config
-    z = jnp.zeros((1, context, c.num_latents, c.latent_dim))
-    acts = {'discrete': jnp.zeros((1, context), jnp.int32)}
-    act = {'discrete': jnp.zeros((1, 1), jnp.int32)}
-    has = jnp.ones((1, 1), bool)
-    holder = {'cache': fill(params, z, acts, jnp.ones((1, context), bool), jax.random.key(2))}
+    _, frame = _compiled(model, 4)
+    cache, act, has = _prefilled(model, params, 1, context, 4)
+    holder = {'cache': cache}
     rng = jax.random.key(3)
     text = frame.lower(params, holder['cache'], act, has, rng).compile().as_text()
 

@@ -296,3 +296,18 @@ def closed_loop_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.seed = 0
     c.update(overrides)
     return c
+
+
+# --------------------------------------------------------------------------------------------
+# Toy regression (the loop's own test phase, dreamer4_jax/train/toy.py)
+# --------------------------------------------------------------------------------------------
+
+
+def toy_config_dict() -> ml_collections.ConfigDict:
+    """Defaults of the toy sub-config: an MLP regression on seeded synthetic data."""
+    c = ml_collections.ConfigDict()
+    c.in_dim = 16
+    c.out_dim = 8
+    c.width = 64
+    c.num_examples = 4096
+    return c

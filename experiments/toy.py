@@ -7,13 +7,13 @@ Variants (the `arg` after ':'): '' (default, 200 steps), 'long' (2000 steps).
 """
 
 from dreamer4_jax.configs import base_config
-from dreamer4_jax.train.toy import toy_config
+from dreamer4_jax.model_configs import toy_config_dict
 
 
 def get_config(arg: str | None = None):
     c = base_config()
     c.phase = 'toy'
-    c.toy = toy_config()
+    c.toy = toy_config_dict()
     c.train.steps = 200
     c.train.batch_size = 32
     c.train.learning_rate = 3e-3

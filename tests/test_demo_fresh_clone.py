@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 import pytest
-from tiny_dataset import build_tiny
 
 from dreamer4_jax import demo
+from dreamer4_jax.data.synthetic import build_synthetic_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def test_make_demo_on_a_fresh_clone(tmp_path):
     _stand_in_venv(clone)
     data = demo.stage_config('tokenizer', 'runs/demo').data
     data.dir = str(clone / data.dir)
-    build_tiny(data, lengths=(12,) * 6, as_collected=True)
+    build_synthetic_dataset(data, lengths=(12,) * 6, as_collected=True)
 
     env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'DREAMER4_DEBUG')}
     # tokenizer: one step (the scale is 1 / its steps); report: the page over what exists.

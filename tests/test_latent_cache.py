@@ -19,11 +19,11 @@ from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data import latent_cache, pipeline
 from dreamer4_jax.data.config import MissingDataError, default_data_config
+from dreamer4_jax.data.synthetic import build_synthetic_dataset
 from dreamer4_jax.eval import closed_loop
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources, dynamics_phase
 from dreamer4_jax.train import state as state_lib
-from tests.tiny_dataset import build_tiny
 
 T = 6  # window length of the phases here
 WINDOW = 3  # the encoder's time window
@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
     data.dir, data.name, data.window_length = str(root / 'data'), 'tiny', T
     data.eval_fraction = 0.2
     data.latents = 'cache'
-    build_tiny(data, lengths=(12, 9, 14, 7, 11))
+    build_synthetic_dataset(data, lengths=(12, 9, 14, 7, 11))
     config = _tokenizer_run_config(data)
     rs = np.random.RandomState(0)
     params = jax.tree.map(

@@ -5,21 +5,10 @@ import os
 import jax
 import numpy as np
 import pytest
+from toy_runs import short_toy_config
 
 from dreamer4_jax import checkpoint, pretrained
 from dreamer4_jax.train import loop, toy
-from experiments.toy import get_config
-
-
-def _config(steps=40, **train):
-    config = get_config()
-    config.train.steps = steps
-    config.train.log_every = 10
-    config.train.checkpoint_every = 20
-    config.train.warmup_steps = 5
-    for k, v in train.items():
-        config.train[k] = v
-    return config
 
 
 def _params(result):
@@ -29,18 +18,20 @@ def _params(result):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('full') / 'run')
-    return _params(loop.run(toy.make_phase(_config()), _config(), workdir)), workdir
+    return _params(
+        loop.run(toy.make_phase(short_toy_config()), short_toy_config(), workdir)
+    ), workdir
 
 
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path, uninterrupted):
     reference, _ = uninterrupted
     workdir = str(tmp_path / 'run')
-    config = _config()
+    config = short_toy_config()
     config.debug.sigterm_at_step = 27  # a real SIGTERM, sent to this process mid-run
     first = loop.run(toy.make_phase(config), config, workdir)
     assert first.preempted and first.step == 27
     assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))) == [20, 27]
-    second = loop.run(toy.make_phase(_config()), _config(), workdir)
+    second = loop.run(toy.make_phase(short_toy_config()), short_toy_config(), workdir)
     assert not second.preempted and second.step == 40
     for name, value in reference.items():
         np.testing.assert_array_equal(_params(second)[name], value)
@@ -50,11 +41,11 @@ def test_resume_onto_a_different_mesh(tmp_path, uninterrupted):
     """Saved on a (2 data, 2 fsdp, 2 model) mesh of 8 devices, finished on 1 device."""
     reference, _ = uninterrupted
     workdir = str(tmp_path / 'run')
-    config = _config()  # same length (the LR schedule depends on it); stopped at step 20
+    config = short_toy_config()  # same length (the LR schedule depends on it); stopped at step 20
     config.mesh.shape = (2, 2, 2)
     config.debug.sigterm_at_step = 20
     assert loop.run(toy.make_phase(config), config, workdir).preempted
-    config = _config()
+    config = short_toy_config()
     config.mesh.num_devices = 1
     config.mesh.shape = (1, 1, 1)
     result = loop.run(toy.make_phase(config), config, workdir)
@@ -64,7 +55,7 @@ def test_resume_onto_a_different_mesh(tmp_path, uninterrupted):
 
 
 def test_train_step_is_traced_once(tmp_path):
-    config = _config(steps=30, eval_every=10)
+    config = short_toy_config(steps=30, eval_every=10)
     base = toy.make_phase(config)
     traces = []
 
@@ -88,7 +79,7 @@ def test_train_step_is_traced_once(tmp_path):
 
 
 def test_non_finite_loss_stops_with_term_and_step(tmp_path):
-    config = _config(steps=40, learning_rate=1e12, grad_clip=1e12, warmup_steps=1)
+    config = short_toy_config(steps=40, learning_rate=1e12, grad_clip=1e12, warmup_steps=1)
     workdir = str(tmp_path / 'run')
     with pytest.raises(loop.NonFiniteLossError, match=r"'loss' is (nan|inf) at step \d+"):
         loop.run(toy.make_phase(config), config, workdir)
@@ -100,7 +91,7 @@ def test_non_finite_loss_stops_with_term_and_step(tmp_path):
 
 def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
     workdir = str(tmp_path / 'run')
-    loop.run(toy.make_phase(_config(steps=20)), _config(steps=20), workdir)
+    loop.run(toy.make_phase(short_toy_config(steps=20)), short_toy_config(steps=20), workdir)
     step_dir = os.path.join(workdir, 'checkpoints', '20')
     for root, _, files in os.walk(os.path.join(step_dir, 'state')):
         for f in files:
@@ -108,15 +99,15 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
                 fh.write(b'garbage')
     before = sorted(os.listdir(step_dir))
     with pytest.raises(checkpoint.CheckpointError, match=r'checkpoints/20'):
-        loop.run(toy.make_phase(_config()), _config(), workdir)
+        loop.run(toy.make_phase(short_toy_config()), short_toy_config(), workdir)
     assert sorted(os.listdir(step_dir)) == before
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['20']
 
 
 def test_incompatible_checkpoint_names_the_config_difference(tmp_path):
     workdir = str(tmp_path / 'run')
-    loop.run(toy.make_phase(_config(steps=20)), _config(steps=20), workdir)
-    config = _config()
+    loop.run(toy.make_phase(short_toy_config(steps=20)), short_toy_config(steps=20), workdir)
+    config = short_toy_config()
     config.toy.width = 32
     with pytest.raises(checkpoint.CheckpointError, match=r'toy\.width: checkpoint 64 vs now 32'):
         loop.run(toy.make_phase(config), config, workdir)
@@ -125,7 +116,7 @@ def test_incompatible_checkpoint_names_the_config_difference(tmp_path):
 
 def test_rng_is_saved_and_restored(tmp_path):
     workdir = str(tmp_path / 'run')
-    config = _config(steps=20)
+    config = short_toy_config(steps=20)
     config.seed = 7
     loop.run(toy.make_phase(config), config, workdir)
     ckpt = checkpoint.Checkpointer(workdir)
@@ -142,7 +133,7 @@ def test_rng_is_saved_and_restored(tmp_path):
 
 def test_pretrained_load_reads_params_and_config_and_creates_nothing(tmp_path):
     workdir = str(tmp_path / 'run')
-    config = _config(steps=20)
+    config = short_toy_config(steps=20)
     config.toy.width = 48  # differs from the default: must come from the checkpoint's config
     result = loop.run(toy.make_phase(config), config, workdir)
     run = pretrained.load(workdir)

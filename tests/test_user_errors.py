@@ -16,14 +16,14 @@ import sys
 
 import ml_collections
 import pytest
-from tiny_dataset import build_tiny
+from toy_runs import short_toy_config
 
 from dreamer4_jax import config_checks, errors, pretrained
 from dreamer4_jax.data import build, collect, pipeline
 from dreamer4_jax.data.config import default_data_config
+from dreamer4_jax.data.synthetic import build_synthetic_dataset
 from dreamer4_jax.train import loop, toy
 from dreamer4_jax.train.metrics_writer import MetricsWriter
-from experiments.toy import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, 'experiments', 'toy.py')
@@ -57,17 +57,6 @@ def _tree(root) -> dict:
     return out
 
 
-def _toy_config(steps=40, **train):
-    config = get_config()
-    config.train.steps = steps
-    config.train.log_every = 10
-    config.train.checkpoint_every = 20
-    config.train.warmup_steps = 5
-    for k, v in train.items():
-        config.train[k] = v
-    return config
-
-
 def _run_toy(config, workdir, **phase_fields):
     phase = toy.make_phase(config)
     if phase_fields:
@@ -79,7 +68,7 @@ def _run_toy(config, workdir, **phase_fields):
 def toy_run(tmp_path_factory):
     """A finished toy run with checkpoints at steps 20 and 40."""
     workdir = tmp_path_factory.mktemp('toy') / 'run'
-    _run_toy(_toy_config(), workdir)
+    _run_toy(short_toy_config(), workdir)
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['20', '40']
     return workdir
 
@@ -118,7 +107,7 @@ def test_unwritable_workdir_is_refused_before_anything(tmp_path, monkeypatch, ca
         'access',
         lambda p, mode: False if str(p).startswith(str(tmp_path)) else real_access(p, mode),
     )
-    config = _toy_config(steps=5)
+    config = short_toy_config(steps=5)
     rc, lines = _cli(capsys, lambda: _run_toy(config, tmp_path / 'run'))
     _assert_one_line(rc, lines, '--workdir=', 'is not writable')
     assert os.listdir(tmp_path) == []
@@ -168,7 +157,7 @@ def dataset(tmp_path_factory):
     cfg.dir, cfg.name = str(tmp_path_factory.mktemp('data')), 'tiny'
     cfg.window_length, cfg.num_threads = 4, 1
     cfg.eval_fraction = 0.2
-    build_tiny(cfg)
+    build_synthetic_dataset(cfg)
     return cfg
 
 
@@ -221,7 +210,7 @@ def test_truncated_dataset_without_size_list_stops_at_the_reader_and_writes_noth
         return iter(pipeline.make_dataset(cfg, batch_size_per_process=4, window_length=4))
 
     workdir = tmp_path / 'run'
-    config = _toy_config(steps=5)
+    config = short_toy_config(steps=5)
     rc, lines = _cli(capsys, lambda: _run_toy(config, workdir, make_data=make_data))
     _assert_one_line(rc, lines, 'cannot be read', 'damaged', f'delete {tmp_path}/data/{cfg.name}')
     assert not workdir.exists()  # no empty checkpoints/ or metrics.jsonl
@@ -289,7 +278,7 @@ def test_collection_killed_midway_leaves_a_folder_the_next_build_removes(tmp_pat
 
 
 def test_nan_loss_is_one_line_and_an_early_one_writes_nothing(tmp_path, capsys):
-    config = _toy_config(steps=40, learning_rate=1e12, grad_clip=1e12, warmup_steps=1)
+    config = short_toy_config(steps=40, learning_rate=1e12, grad_clip=1e12, warmup_steps=1)
     workdir = tmp_path / 'run'
     rc, lines = _cli(capsys, lambda: _run_toy(config, workdir))
     _assert_one_line(rc, lines, 'Loss term', 'Lower the learning rate')
@@ -306,7 +295,7 @@ def test_disk_full_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     monkeypatch.setattr(MetricsWriter, 'write', write)
-    rc, lines = _cli(capsys, lambda: _run_toy(_toy_config(steps=20), tmp_path / 'run'))
+    rc, lines = _cli(capsys, lambda: _run_toy(short_toy_config(steps=20), tmp_path / 'run'))
     _assert_one_line(rc, lines, 'No space left on device writing', 'metrics.jsonl', 'disk is full')
 
 
@@ -383,7 +372,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, toy_run
     fragment = damage(workdir / 'checkpoints' / '40')
     damaged = _tree(workdir / 'checkpoints' / '40')
     capsys.readouterr()
-    result = _run_toy(_toy_config(steps=60), workdir)  # asks for more steps: a config diff too
+    result = _run_toy(short_toy_config(steps=60), workdir)  # asks for more steps: a config diff too
     out = capsys.readouterr()
     assert result.step == 60 and f'resumed from {workdir}/checkpoints/20' in out.out
     warning = [line for line in out.err.splitlines() if line.startswith('Warning: ')]
@@ -402,7 +391,7 @@ def test_no_readable_checkpoint_stops_naming_the_damaged_file(tmp_path, toy_run,
     fragment = _truncate_arrays(workdir / 'checkpoints' / '40')
     _delete_data_iterator(workdir / 'checkpoints' / '20')
     before = _tree(workdir)
-    rc, lines = _cli(capsys, lambda: _run_toy(_toy_config(steps=60), workdir))
+    rc, lines = _cli(capsys, lambda: _run_toy(short_toy_config(steps=60), workdir))
     _assert_one_line(rc, lines, f'{workdir}/checkpoints/40 is damaged: {fragment}',
                      'No older checkpoint is readable')  # fmt: skip
     assert _tree(workdir) == before
@@ -412,7 +401,7 @@ def test_incompatible_checkpoint_is_not_called_damaged(tmp_path, toy_run, capsys
     workdir = tmp_path / 'run'
     shutil.copytree(toy_run, workdir)
     before = _tree(workdir)
-    config = _toy_config()
+    config = short_toy_config()
     config.toy.width = 32
     rc, lines = _cli(capsys, lambda: _run_toy(config, workdir))
     _assert_one_line(rc, lines, 'checkpoints/40 does not match this run',

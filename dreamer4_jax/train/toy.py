@@ -86,12 +86,3 @@ def make_phase(config: ml_collections.ConfigDict) -> Phase:
         make_data=lambda pi, pc: make_toy_dataset(config, pi, pc),
         main_metrics=('loss',),
     )
-
-
-def toy_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.in_dim = 16
-    c.out_dim = 8
-    c.width = 64
-    c.num_examples = 4096
-    return c

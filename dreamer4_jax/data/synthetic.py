@@ -1,7 +1,8 @@
-"""A tiny Craftax-shaped dataset built from synthetic episodes in well under a second.
+"""A Craftax-shaped dataset built from synthetic episodes in well under a second.
 
-Collecting real Craftax episodes compiles the environment for about 40 s; tests that only need a
-dataset on disk (its files, its reader, a demo stage that reuses it) build this one instead.
+Collecting real Craftax episodes compiles the environment for about 40 s; tests and benchmarks
+that only need a dataset on disk of the right shapes (its files, its reader, a demo stage that
+reuses it, step timings) build this one instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dreamer4_jax.data.config import collection_settings, dataset_path
 from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES
 
 
-def episode(e: int, length: int) -> dict:
+def synthetic_episode(e: int, length: int) -> dict:
     """Episode e: random frames, random actions, a task event at step 2."""
     rs = np.random.RandomState(e)
     events = np.zeros((length, len(ACHIEVEMENT_NAMES)), bool)
@@ -38,7 +39,7 @@ def episode(e: int, length: int) -> dict:
     }
 
 
-def build_tiny(
+def build_synthetic_dataset(
     cfg: ml_collections.ConfigDict, lengths=(12,) * 6, *, as_collected: bool = False
 ) -> Path:
     """Builds the dataset `cfg` (config.data) points at from synthetic episodes.
@@ -48,7 +49,7 @@ def build_tiny(
     """
     path = build.build_dataset_from_episodes(
         cfg,
-        (episode(e, n) for e, n in enumerate(lengths)),
+        (synthetic_episode(e, n) for e, n in enumerate(lengths)),
         action_space=craftax_action_space(),
         task_names=ACHIEVEMENT_NAMES,
     )
