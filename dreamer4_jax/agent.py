@@ -281,12 +281,15 @@ def majority_accuracy(actions: dict[str, Array], valid: Array) -> Array:
     return best / jnp.maximum(jnp.sum(valid), 1)
 
 
-def batch_majority_accuracy(batch: dict) -> Array:
+def batch_majority_accuracy(batch: dict, rows_B: Array | None = None) -> Array:
     """`majority_accuracy` over the offset-0 BC targets of a batch (the targets BC accuracy at
-    offset 0 is scored on, over every row)."""
+    offset 0 is scored on), over every row or the rows selected by `rows_B` (bool [B])."""
     actions, valid = policy_targets(batch, 1)
+    valid_BT = valid[:, :, 0]
+    if rows_B is not None:
+        valid_BT &= rows_B.astype(bool)[:, None]
     flat = {k: jnp.reshape(v[:, :, 0], (-1, *v.shape[3:])) for k, v in actions.items()}
-    return majority_accuracy(flat, jnp.reshape(valid[:, :, 0], (-1,)))
+    return majority_accuracy(flat, jnp.reshape(valid_BT, (-1,)))
 
 
 def _masked_offset_mean(nll_BTN: Array, valid_BTN: Array) -> tuple[Array, Array]:

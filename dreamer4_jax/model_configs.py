@@ -235,6 +235,7 @@ def agent_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.bc_rows = 'relevant'  # PAPER 9.3: BC on task-relevant windows only
     c.dynamics_rows = 'uniform'  # PAPER 9.3: video prediction on uniform windows only
     c.reward_rows = 'all'  # PAPER 9.3 [U]
+    c.eval_windows = 0  # held-out windows for the BC / reward metrics; 0: data.eval_batch_size
     c.update(overrides)
     return c
 

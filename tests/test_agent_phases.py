@@ -232,3 +232,23 @@ def test_agent_and_imagination_steps_read_cached_latents_without_images(pretrain
     state = jax.eval_shape(lambda k: nn.unbox(imag.init(k)), jax.random.key(0))
     _, metrics = jax.eval_shape(imag.train_step, state, batch, jax.random.key(1), {})
     assert metrics['pmpo/loss'].shape == ()
+
+
+def test_held_out_metrics_per_group_match_the_overall_ones_on_their_rows(pretrained, agent_run):
+    tok, (_, dyn_run) = pretrained
+    _, _, new, _, config = agent_run
+    wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], config.agent)
+    batch = {**_batch(), 'episode_id': jnp.zeros((B, T), jnp.int32)}
+    groups = {'every': np.ones(B, bool), 'row0': np.arange(B) == 0}
+    out = agent_phase.held_out_metrics(
+        wm, Tokenizer(tok[1]), new.params, tok[0], batch, jax.random.key(0), groups
+    )
+    np.testing.assert_allclose(out['bc_accuracy_offset0/every'], out['bc_accuracy_offset0'])
+    np.testing.assert_allclose(
+        out['majority_accuracy_offset0/every'], out['majority_accuracy_offset0']
+    )
+    assert int(out['windows/every']) == B and int(out['windows/row0']) == 1
+    # Row 0 alone: its T labeled actions (no episode ends in the window), majority by hand.
+    actions = np.asarray(batch['action']['discrete'][0])
+    expected = np.bincount(actions).max() / T
+    np.testing.assert_allclose(out['majority_accuracy_offset0/row0'], expected, rtol=1e-6)

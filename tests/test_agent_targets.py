@@ -16,6 +16,7 @@ from dreamer4_jax.agent import (
     reward_targets,
 )
 from dreamer4_jax.distributions import ActionDist, TwoHot
+from dreamer4_jax.train.agent_phase import policy_groups
 
 CRAFTAX_LIKE = (('action', 'categorical', 17),)
 
@@ -189,3 +190,18 @@ def test_batch_majority_accuracy_scores_only_offset0_bc_targets():
         'is_last': jnp.array([[0, 0, 0, 1], [0, 0, 0, 0]], bool),
     }
     np.testing.assert_allclose(float(batch_majority_accuracy(batch)), 4 / 6, rtol=1e-6)
+    # Row 0 alone: valid targets 3 3 5 -> majority 3, 2 of 3; row 1 alone: 5 5 5 -> 1.
+    np.testing.assert_allclose(
+        float(batch_majority_accuracy(batch, jnp.array([True, False]))), 2 / 3, rtol=1e-6
+    )
+    assert float(batch_majority_accuracy(batch, jnp.array([False, True]))) == 1.0
+
+
+def test_policy_groups_split_rows_by_the_policy_of_their_episode():
+    batch = {'episode_id': np.array([[7, 7], [3, 3], [9, 9], [7, 7]])}
+    groups = policy_groups(batch, [3, 7, 9], ('random', 'seeker', 'random'))
+    assert sorted(groups) == ['random', 'seeker']
+    np.testing.assert_array_equal(groups['random'], [False, True, True, False])
+    np.testing.assert_array_equal(groups['seeker'], [True, False, False, True])
+    # One policy in the split: no groups (the overall metrics are the same numbers).
+    assert policy_groups(batch, [3, 7, 9], ('contractor',) * 3) == {}

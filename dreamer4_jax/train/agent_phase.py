@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from dreamer4_jax import generation, losses, pretrained, shortcut, world_model
@@ -126,12 +127,22 @@ def finetune_loss(
 
 
 def held_out_metrics(
-    wm: WorldModel, tok_model: Tokenizer, params: Any, tok_params: Any, batch: dict, rng: jax.Array
+    wm: WorldModel,
+    tok_model: Tokenizer,
+    params: Any,
+    tok_params: Any,
+    batch: dict,
+    rng: jax.Array,
+    groups: dict[str, jax.Array] | None = None,
 ) -> dict[str, jax.Array]:
     """BC / reward quality on held-out windows in the inference setting: every frame committed
     at the context signal level, as imagination and the closed loop commit them (one pass over
     an empty cache equals frame-by-frame commits, tests/test_imagination.py). Each window's task
-    is the first event in it (random if none), so the reward head is scored on real events."""
+    is the first event in it (random if none), so the reward head is scored on real events.
+
+    `groups` (name -> bool [B] rows, e.g. the policy that recorded each window's episode) adds
+    BC accuracy and its majority baseline per group: `bc_accuracy_offset0/<name>`.
+    """
     batch = {k: v for k, v in batch.items() if k not in ('task_id', 'relevant')}
     k_task, k_noise = jax.random.split(rng)
     task_B, _ = row_tasks(batch, wm.heads.config.num_tasks, k_task)
@@ -150,7 +161,7 @@ def held_out_metrics(
     terms, logs = agent_loss_terms(
         heads.dist, heads.config.reward_dist, policy, reward, batch, task_B, every, every
     )
-    return {
+    out = {
         'bc_nll': terms['bc'],
         'reward_nll': terms['reward'],
         'bc_accuracy_offset0': logs['agent/bc_accuracy_offset0'],
@@ -158,6 +169,27 @@ def held_out_metrics(
         'majority_accuracy_offset0': batch_majority_accuracy(batch),
         'reward_abs_err_offset0': logs['agent/reward_abs_err_offset0'],
     }
+    for name, rows_B in (groups or {}).items():
+        _, group_logs = agent_loss_terms(
+            heads.dist, heads.config.reward_dist, policy, reward, batch, task_B, rows_B, every
+        )
+        out[f'bc_accuracy_offset0/{name}'] = group_logs['agent/bc_accuracy_offset0']
+        out[f'majority_accuracy_offset0/{name}'] = batch_majority_accuracy(batch, rows_B)
+        out[f'windows/{name}'] = jnp.sum(rows_B.astype(jnp.int32))
+    return out
+
+
+def policy_groups(batch: dict, episode_ids: Any, policies: Any) -> dict[str, np.ndarray]:
+    """Rows of a batch by the policy that recorded each window's episode (bool [B] per policy).
+
+    `episode_ids` / `policies`: the split's episodes and their policies (data.build.SplitMeta).
+    Empty when the split has a single policy: the overall metrics already say it all.
+    """
+    if len(set(policies)) < 2:
+        return {}
+    policy_of = dict(zip((int(e) for e in episode_ids), policies, strict=True))
+    row_policy = [policy_of[int(e)] for e in np.asarray(batch['episode_id'])[:, 0]]
+    return {p: np.array([r == p for r in row_policy]) for p in sorted(set(policies))}
 
 
 def batch_latents(tok: Tokenizer, batch: dict, consts: dict) -> jax.Array:
@@ -302,9 +334,13 @@ def make_phase(
 
     def evaluate(state, step_, workdir):
         del step_, workdir
-        batch = data_sources.eval_batch(config)
+        from dreamer4_jax.data import build as data_build  # deferred: tfds loads slowly
+
+        batch = data_sources.eval_batch(config, batch_size=int(ac.get('eval_windows', 0)) or None)
+        split = data_build.load_meta(config.data).splits['eval']
+        groups = policy_groups(batch, split.episode_ids, split.policies)
         params = state.aux['ema'] if step.ema_decay > 0 else state.params
-        out = held_out(params, frozen_tokenizer(), batch, jax.random.key(0))
+        out = held_out(params, frozen_tokenizer(), batch, jax.random.key(0), groups)
         return {k: float(v) for k, v in out.items()}
 
     return Phase(
