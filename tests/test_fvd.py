@@ -102,14 +102,26 @@ def test_standin_zero_for_identical_grows_with_perturbation_and_is_symmetric(cli
     assert d_back == pytest.approx(d_large, rel=1e-5)
 
 
+def test_standin_motion_part_sees_temporal_order(clips):
+    """Frames shuffled in time keep the mean and std over frames; only the motion part differs."""
+    params = F.load_standin_params()
+    shuffled = clips[:, [2, 0, 3, 1]]
+    d_order_blind = F.standin_frechet_distance(clips, shuffled, params=params, with_motion=False)
+    d_with_motion = F.standin_frechet_distance(clips, shuffled, params=params)
+    assert d_order_blind < 1e-6 * d_with_motion
+    assert d_with_motion > 0
+
+
 def test_standin_features_shape_batching_and_uint8(clips):
     params = F.load_standin_params()
     f = F.standin_video_features(clips[:5], params=params, batch_size=16)
-    assert f.shape == (5, 2 * 1152)
+    assert f.shape == (5, 3 * 1152)
     np.testing.assert_allclose(
         F.standin_video_features(clips[:5], params=params, batch_size=2), f, rtol=1e-5, atol=1e-5
     )
-    mean_only = F.standin_video_features(clips[:5], params=params, with_std=False)
+    mean_only = F.standin_video_features(
+        clips[:5], params=params, with_std=False, with_motion=False
+    )
     np.testing.assert_allclose(mean_only, f[:, :1152], rtol=1e-5, atol=1e-5)
     as_uint8 = np.round(clips[:5] * 255).astype(np.uint8)
     f8 = F.standin_video_features(as_uint8, params=params)

