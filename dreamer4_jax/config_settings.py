@@ -1,4 +1,4 @@
-"""Settings after the variant: `--config=experiments/x.py:dynamics,objective=diffusion,train.steps=5`.
+"""Settings after the variant: `--config=experiments/x.py:dynamics,objective=diffusion`.
 
 big_vision style: the string after ':' is `variant[,key=value,...]`. A key is either a dotted path
 of the config (`dynamics.ramp=False`, `train.steps=5`) or a short name the experiment file

@@ -77,9 +77,7 @@ def run_arms(
 
         train = phases.run_phase
     configs = [arm.config() for arm in arms]  # every config error before any training
-    todo = [
-        i for i, (a, c) in enumerate(zip(arms, configs)) if not finished(a.workdir, c.train.steps)
-    ]
+    todo = [i for i, c in enumerate(configs) if not finished(arms[i].workdir, c.train.steps)]
     total = len(arms)
     log(f'[{label}] {total - len(todo)}/{total} arms finished, {len(todo)} to train')
     spent = []

@@ -14,6 +14,7 @@ Dimension keys: B videos, L = T + H frames, T context, H horizon, N latents, C c
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -137,3 +138,41 @@ def frames_per_second(
 
 def _frames(tree, start: int, size: int):
     return jax.tree.map(lambda a: a[:, start : start + size], tree)
+
+
+def evaluate_arm(workdir: str, sizes, *, frechet: bool, fps: bool, log=print) -> dict:
+    """Open-loop scores (and the Frechet metric, batch-1 FPS) of the dynamics run in `workdir`.
+
+    Stored in workdir/figure_eval.json with the checkpoint step and sizes they were measured
+    with; a re-run with the same ones reads them back instead of measuring again.
+    """
+    from dreamer4_jax import checkpoint
+    from dreamer4_jax.figures.output import read_json, write_json
+
+    step = checkpoint.saved_config(workdir)[1]
+    key = {
+        'step': int(step),
+        'videos': sizes.videos,
+        'context': sizes.context,
+        'horizon': sizes.horizon,
+        'frechet': frechet,
+        'fps_frames': sizes.fps_frames if fps else 0,
+    }
+    path = os.path.join(workdir, 'figure_eval.json')
+    stored = read_json(path)
+    if stored and stored.get('key') == key:
+        return stored['results']
+    log(f'[figures] evaluating {workdir}')
+    loaded = load_dynamics(workdir)
+    batch = eval_windows(loaded, sizes.videos, sizes.context + sizes.horizon)
+    result = open_loop(loaded, batch, sizes.context, sizes.horizon)
+    results = result.summary()
+    if frechet:
+        from dreamer4_jax.eval import fvd
+
+        frechet = fvd.standin_frechet_distance(result.real_BHHWC, result.gen_BHHWC)
+        results['frechet'] = float(frechet)
+    if fps:
+        results['fps'] = frames_per_second(loaded, batch, sizes.context, sizes.fps_frames)
+    write_json(path, {'key': key, 'results': results})
+    return results
