@@ -44,13 +44,20 @@ LINKS = {
 }
 
 
-def stage_config(stage: str, workdir: str, steps_scale: float = 1.0):
-    config = config_checks.load_config(f'{EXPERIMENT}:{"agent" if stage == "bc" else stage}')
+# Behavior cloning without the world model: same architecture, data and steps, random
+# transformer weights and no video-prediction loss (the paper's BC baseline, Table 7).
+BC_SETTINGS = ('agent.from_scratch=True', 'agent.loss_weights.dynamics=0.0')
+
+
+def stage_spec(stage: str, experiment: str = EXPERIMENT) -> str:
+    """The --config string of a training stage (bc: the agent variant with BC_SETTINGS)."""
     if stage == 'bc':
-        # Behavior cloning without the world model: same architecture, data and steps, random
-        # transformer weights and no video-prediction loss (the paper's BC baseline, Table 7).
-        config.agent.from_scratch = True
-        config.agent.loss_weights.dynamics = 0.0
+        return ','.join([f'{experiment}:agent', *BC_SETTINGS])
+    return f'{experiment}:{stage}'
+
+
+def stage_config(stage: str, workdir: str, steps_scale: float = 1.0, experiment: str = EXPERIMENT):
+    config = config_checks.load_config(stage_spec(stage, experiment))
     if stage in LINKS:
         section, field, previous = LINKS[stage]
         config[section][field] = os.path.join(workdir, previous)

@@ -15,6 +15,7 @@ width 384 with GQA 8:2 and 16 registers, context C = 32 frames with T1 = 16 / T2
 """
 
 from dreamer4_jax import model_configs as mc
+from dreamer4_jax.config_settings import accepts_settings
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
 
@@ -29,6 +30,7 @@ def block(**kw):
     return mc.transformer_config_dict(**{**base, **kw})
 
 
+@accepts_settings
 def get_config(arg: str | None = None):
     variant = arg or 'tokenizer'
     if variant not in VARIANTS:

@@ -8,14 +8,19 @@
   python -m dreamer4_jax.main --config=experiments/craftax_tiny.py:imagination \
       --config.imagination.agent_workdir=runs/t/agent --workdir=runs/t/imag
 
-Variants: 'tokenizer', 'dynamics', 'agent', 'imagination' (the phase to run). `make demo` runs
-them in order with the links set (dreamer4_jax/demo.py). Sizes are chosen for speed on 2 CPU
-cores, not quality; experiments/craftax_small.py is the one-GPU config.
+Variants: 'tokenizer', 'dynamics', 'agent', 'imagination' (the phase to run), each optionally
+followed by settings, e.g. `craftax_tiny.py:dynamics,objective=diffusion,dynamics.ramp=False`
+(SETTINGS below, or any dotted field; dreamer4_jax/config_settings.py). `make demo` runs
+them in order with the links set (dreamer4_jax/demo.py). The figures command trains the sweeps
+below (`python -m dreamer4_jax.figures table2 --scale=tiny --workdir=runs/figures`). Sizes are
+chosen for speed on 2 CPU cores, not quality; experiments/craftax_small.py is the one-GPU config.
 """
 
 from dreamer4_jax import model_configs as mc
+from dreamer4_jax.config_settings import accepts_settings
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
+from dreamer4_jax.figures import sweeps
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
 # The tokenizer trains on windows of this many frames; its encoder and decoder attend to no more
@@ -29,6 +34,32 @@ def tiny_block(**kw):
     )
 
 
+# Short settings after the variant (dreamer4_jax/config_settings.py).
+SETTINGS = {
+    'objective': {  # PAPER 12.3: plain diffusion forcing samples with K = k_max = 64 steps
+        'diffusion': {'dynamics.shortcut': False, 'dynamics.sampling_steps': 64},
+        'shortcut': {'dynamics.shortcut': True, 'dynamics.sampling_steps': 4},
+    },
+    'labels': 'data.label_fraction',
+    'steps': 'train.steps',
+}
+# How the figures evaluate at this scale (dreamer4_jax/figures/experiment.py: FigureSizes).
+FIGURES = dict(videos=64, context=4, horizon=12, fps_frames=32, episodes=64, max_steps=300)
+
+
+def table2_sweep() -> dict[str, list[str]]:
+    """PAPER 12.3 cascade; T1 = 4 of T2 = 8 frames with every 4th batch long."""
+    return sweeps.table2_cascade(
+        short_length=4, long_every=4, time_every=4, num_kv_heads=1, num_registers=4
+    )
+
+
+def fig7_sweep() -> dict[str, list[str]]:
+    """PAPER 12.5: 0 %, 4 % (the paper's 100 h of 2541 h), 40 % (1000 h) and 100 % labeled."""
+    return sweeps.fig7_arms([0.0, 0.04, 0.4, 1.0])
+
+
+@accepts_settings
 def get_config(arg: str | None = None):
     variant = arg or 'tokenizer'
     if variant not in VARIANTS:

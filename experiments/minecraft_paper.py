@@ -44,6 +44,7 @@ The compiled memory, FLOPs and step-time bounds of every variant on v5p pods are
 """
 
 from dreamer4_jax import model_configs as mc
+from dreamer4_jax.config_settings import accepts_settings
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.data.config import default_data_config
 from dreamer4_jax.data.vpt import MINECRAFT_TASKS
@@ -104,6 +105,7 @@ def paper_dynamics():
     )
 
 
+@accepts_settings
 def get_config(arg: str | None = None):
     variant = arg or 'tokenizer'
     if variant not in VARIANTS:

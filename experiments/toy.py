@@ -6,10 +6,12 @@
 Variants (the `arg` after ':'): '' (default, 200 steps), 'long' (2000 steps).
 """
 
+from dreamer4_jax.config_settings import accepts_settings
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.model_configs import toy_config_dict
 
 
+@accepts_settings
 def get_config(arg: str | None = None):
     c = base_config()
     c.phase = 'toy'

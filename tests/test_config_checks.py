@@ -1,6 +1,7 @@
 """Every config error is caught before work starts, with a message naming the field and fix."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -103,3 +104,49 @@ def test_cli_reports_each_error_once_and_writes_nothing(tmp_path):
         assert not workdir.exists()  # nothing written on a config error
     result = _cli(f'--workdir={tmp_path}/no/such/parent')
     assert result.returncode == 2 and 'does not exist' in result.stderr
+
+
+TINY = os.path.join(ROOT, 'experiments', 'craftax_tiny.py')
+
+
+def test_settings_after_the_variant_set_fields_with_their_types():
+    c = config_checks.load_config(
+        f'{TINY}:dynamics,objective=diffusion,dynamics.ramp=False,labels=0.25,steps=7,'
+        'mesh.shape=(2,-1,1),dynamics.transformer.num_kv_heads=None,dynamics.k_max=32'
+    )
+    assert c.phase == 'dynamics'
+    assert (c.dynamics.shortcut, c.dynamics.sampling_steps) == (False, 64)  # a named choice
+    assert c.dynamics.ramp is False and c.data.label_fraction == 0.25  # dotted path, alias
+    assert c.train.steps == 7 and isinstance(c.train.steps, int)
+    assert tuple(c.mesh.shape) == (2, -1, 1)  # commas inside brackets belong to the value
+    assert c.dynamics.transformer.num_kv_heads is None and c.dynamics.k_max == 32
+    # Later settings win; the absl flag of main.py calls the same get_config.
+    later = config_checks.load_config(f'{TINY}:dynamics,objective=diffusion,objective=shortcut')
+    assert later.dynamics.shortcut and later.dynamics.sampling_steps == 4
+
+
+@pytest.mark.parametrize(
+    'settings,message',
+    [
+        ('nope=1', "unknown config setting 'nope': neither a short setting of this experiment "
+                   '(labels, objective, steps) nor a field'),
+        ('dynamics.rampp=False', "'rampp' does not exist under dynamics. Fields there:"),
+        ('objective=flow', 'objective=flow: unknown choice; choose one of diffusion, shortcut'),
+        ('dynamics.ramp=maybe', 'dynamics.ramp=maybe: expected a bool'),
+        ('train.steps=1.5', 'train.steps=1.5: expected an int'),
+        ('dynamics.transformer=3', "'dynamics.transformer' is a sub-config"),
+        ('ramp', "'ramp' is not key=value"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_one_config_error(settings, message):
+    with pytest.raises(ConfigError, match='^--config=.*' + re.escape(message)):
+        config_checks.load_config(f'{TINY}:dynamics,{settings}')
+
+
+def test_cli_takes_settings_and_rejects_unknown_keys(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    cmd = [sys.executable, '-m', 'dreamer4_jax.main', f'--workdir={tmp_path}/run',
+           '--config=experiments/toy.py:,train.stepz=3']  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "unknown config setting 'train.stepz'" in result.stderr
+    assert 'Traceback' not in result.stderr
