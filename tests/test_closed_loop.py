@@ -12,7 +12,13 @@ import pytest
 
 from dreamer4_jax.envs.craftax import TimeStep
 from dreamer4_jax.eval import closed_loop
-from dreamer4_jax.eval.success_table import rates_from_unlocks, wilson_interval, write_tables
+from dreamer4_jax.eval.success_table import (
+    mean_interval,
+    rates_from_unlocks,
+    return_cell,
+    wilson_interval,
+    write_tables,
+)
 from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
 
@@ -28,6 +34,18 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match='successes <= trials'):
         wilson_interval(3, 2)
+
+
+def test_mean_return_interval_by_hand():
+    # Returns 1, 2, 3, 6: mean 3, sample std sqrt(14 / 3), half width 1.96 * sqrt(14 / 3) / 2.
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0, 6.0])
+    half = 1.96 * np.sqrt(14 / 3) / 2
+    assert mean == 3.0 and lo == pytest.approx(3 - half) and hi == pytest.approx(3 + half)
+    assert mean_interval([4.0]) == (4.0, 4.0, 4.0)
+    assert mean_interval([]) == (0.0, 0.0, 0.0)
+    stats = {'mean_return': 3.0, 'return_ci_low': 0.88, 'return_ci_high': 5.12}
+    assert return_cell(stats) == '3.00 [0.88, 5.12]'
+    assert return_cell({'mean_return': 2.5}) == '2.50'  # results written before the interval
 
 
 def test_ladder_task_advances_past_everything_done():

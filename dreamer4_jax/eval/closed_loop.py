@@ -34,7 +34,7 @@ from dreamer4_jax import pretrained
 from dreamer4_jax.actions import craftax_action_space
 from dreamer4_jax.distributions import ActionDist
 from dreamer4_jax.envs import craftax
-from dreamer4_jax.eval.success_table import rates_from_unlocks, write_tables
+from dreamer4_jax.eval.success_table import mean_interval, rates_from_unlocks, write_tables
 from dreamer4_jax.generation import new_cache
 from dreamer4_jax.imagination import WorldModel, observe
 from dreamer4_jax.model_configs import closed_loop_config_dict
@@ -329,7 +329,10 @@ def _names(text: str) -> list[str]:
 
 
 def _stats(out: dict) -> dict:
+    mean, low, high = mean_interval(out['return'])
     return {
         'mean_length': float(np.mean(out['length'])),
-        'mean_return': float(np.mean(out['return'])),
+        'mean_return': mean,
+        'return_ci_low': low,
+        'return_ci_high': high,
     }

@@ -38,6 +38,17 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def mean_interval(values, z: float = 1.96) -> tuple[float, float, float]:
+    """(mean, low, high): the normal-approximation 95 % interval of a mean over episodes,
+    mean +- z * s / sqrt(n) with the sample standard deviation s (n - 1); one value: no width."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    if v.size == 0:
+        return 0.0, 0.0, 0.0
+    mean = float(v.mean())
+    half = z * float(v.std(ddof=1)) / np.sqrt(v.size) if v.size > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
 def rates_from_unlocks(
     unlocked_EK: np.ndarray, names: Sequence[str], z: float = 1.96
 ) -> dict[str, dict]:
@@ -93,6 +104,14 @@ def _atomic_write(path: str, text: str) -> None:
         raise
 
 
+def return_cell(stats: Mapping) -> str:
+    """'mean [low, high]' of an agent's episode returns (just the mean for older results)."""
+    if 'return_ci_low' not in stats:
+        return f'{stats["mean_return"]:.2f}'
+    low, high = stats['return_ci_low'], stats['return_ci_high']
+    return f'{stats["mean_return"]:.2f} [{low:.2f}, {high:.2f}]'
+
+
 def write_tables(
     folder: str, results: Mapping[str, Mapping], stem: str = 'success'
 ) -> tuple[str, str]:
@@ -118,10 +137,10 @@ def write_tables(
         md.append(markdown_table(entry['rates'], entry['rows'], title=f'{mode}: {what} ({info})'))
         stats = entry.get('episode_stats') or {}
         if stats:
-            md.append('| Agent | mean episode length | mean env return |')
+            md.append('| Agent | mean episode length | mean env return [95 % interval] |')
             md.append('|---|---|---|')
             for agent, st in stats.items():
-                md.append(f'| {agent} | {st["mean_length"]:.1f} | {st["mean_return"]:.2f} |')
+                md.append(f'| {agent} | {st["mean_length"]:.1f} | {return_cell(st)} |')
             md.append('')
     json_path = os.path.join(folder, f'{stem}.json')
     md_path = os.path.join(folder, f'{stem}.md')
