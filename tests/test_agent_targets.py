@@ -203,5 +203,9 @@ def test_policy_groups_split_rows_by_the_policy_of_their_episode():
     assert sorted(groups) == ['random', 'seeker']
     np.testing.assert_array_equal(groups['random'], [False, True, True, False])
     np.testing.assert_array_equal(groups['seeker'], [True, False, False, True])
-    # One policy in the split: no groups (the overall metrics are the same numbers).
+    # One policy in the split, or only one of them in the batch: no groups (the overall
+    # metrics are the same numbers).
     assert policy_groups(batch, [3, 7, 9], ('contractor',) * 3) == {}
+    assert policy_groups(batch, [3, 7, 9], ('random', 'random', 'random')) == {}
+    only_seeker = {'episode_id': np.array([[7, 7], [7, 7]])}
+    assert policy_groups(only_seeker, [3, 7, 9], ('random', 'seeker', 'random')) == {}

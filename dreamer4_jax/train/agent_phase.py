@@ -183,13 +183,15 @@ def policy_groups(batch: dict, episode_ids: Any, policies: Any) -> dict[str, np.
     """Rows of a batch by the policy that recorded each window's episode (bool [B] per policy).
 
     `episode_ids` / `policies`: the split's episodes and their policies (data.build.SplitMeta).
-    Empty when the split has a single policy: the overall metrics already say it all.
+    Policies with no row in the batch are left out; empty when fewer than two remain (the overall
+    metrics already say it all).
     """
-    if len(set(policies)) < 2:
-        return {}
     policy_of = dict(zip((int(e) for e in episode_ids), policies, strict=True))
     row_policy = [policy_of[int(e)] for e in np.asarray(batch['episode_id'])[:, 0]]
-    return {p: np.array([r == p for r in row_policy]) for p in sorted(set(policies))}
+    present = sorted(set(row_policy))
+    if len(present) < 2:
+        return {}
+    return {p: np.array([r == p for r in row_policy]) for p in present}
 
 
 def batch_latents(tok: Tokenizer, batch: dict, consts: dict) -> jax.Array:
