@@ -115,6 +115,9 @@ def test_table2_at_smoke_scale(smoke_dir, monkeypatch):
     assert '| Diffusion Forcing Transformer |' in md and '| + Register tokens |' in md
     assert '| 306 | 0.8 | 9.8 |' in md  # the paper's values beside ours
     assert 'FVD-stand-in' in md and 'not FVD' in md
+    # Arms are listed by what each adds, with the experiment path relative to the repository.
+    assert 'Arms: `--config=experiments/smoke.py:dynamics,<settings>`' in md
+    assert '- `diffusion_forcing`: `objective=diffusion`' in md
     # Re-running trains and measures nothing again.
     before = os.path.getmtime(smoke_dir / 'runs' / 'table2' / 'registers' / 'figure_eval.json')
     _run('table2', smoke_dir, monkeypatch)

@@ -72,7 +72,14 @@ def markdown(results: dict, arms, exp: Experiment) -> str:
         ])  # fmt: skip
     for label, step_s, fps, fid in PAPER_ONLY:
         rows.append([f'{label} (not run ³)', '-', '-', '-', '-', fid, fps, step_s])
-    settings = '\n'.join(f'- `{a.name}`: `{a.spec}`' for a in arms)
+    # Each arm's own settings (the sweep is cumulative), with the experiment path as shown.
+    sweep, before, lines = exp.sweep('table2'), [], []
+    for a in arms:
+        now = sweep.get(a.name, [])
+        added = now[len(before) :] if now[: len(before)] == before else now
+        lines.append(f'- `{a.name}`: ' + ', '.join(f'`{x}`' for x in added))
+        before = now
+    settings = '\n'.join(lines)
     return (
         '# Table 2: design cascade (PAPER 12.3)\n\n'
         f'Experiment `{exp.shown}`; each row adds one change to the row above. '
@@ -87,7 +94,8 @@ def markdown(results: dict, arms, exp: Experiment) -> str:
         'K denoising passes and the commit) on this machine; decoding to pixels is not timed '
         '(every arm shares the tokenizer). The paper times the whole model on one H100.\n'
         '\n³ More spatial tokens change the tokenizer; every arm here shares one tokenizer run.\n'
-        '\nArms (the --config string each trains with):\n\n' + settings + '\n'
+        f'\nArms: `--config={exp.shown}:dynamics,<settings>` with the settings of every row '
+        'up to and including its own; each row adds:\n\n' + settings + '\n'
     )
 
 
