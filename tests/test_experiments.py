@@ -63,7 +63,9 @@ def test_unknown_variant_is_a_clear_error():
         minecraft_paper.get_config('nope')
 
 
-@pytest.mark.parametrize('name', ['craftax_tiny', 'craftax_small', 'minecraft_paper'])
+@pytest.mark.parametrize(
+    'name', ['craftax_tiny', 'craftax_cpu', 'craftax_small', 'minecraft_paper']
+)
 def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
     """Later phases encode longer windows than the tokenizer trained on: its time window must
     cap what it attends to at the training length (issue: use matches training)."""
@@ -72,3 +74,19 @@ def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
     for part in ('encoder', 'decoder'):
         assert tok.tokenizer[part].time_window == tok.data.window_length, part
     assert module.get_config('dynamics').data.window_length > tok.data.window_length
+
+
+def test_craftax_cpu_is_craftax_tiny_with_more_data_and_steps():
+    """The results config changes data, steps and evaluation only; shapes stay the demo's."""
+    tiny, cpu = (
+        importlib.import_module(f'experiments.{n}') for n in ('craftax_tiny', 'craftax_cpu')
+    )
+    for variant in tiny.VARIANTS:
+        t, c = tiny.get_config(variant), cpu.get_config(variant)
+        assert c.train.steps >= 5 * t.train.steps, variant
+        assert c.data.name != t.data.name and c.data.collect.num_episodes > 3 * 64
+        assert c.tokenizer.to_dict() == t.tokenizer.to_dict()
+        assert c.dynamics.transformer.to_dict() == t.dynamics.transformer.to_dict()
+    assert cpu.get_config('imagination').closed_loop.episodes >= 128
+    # Settings after the variant reach it too (the figures command passes them).
+    assert cpu.get_config('dynamics,dynamics.ramp=False').dynamics.ramp is False

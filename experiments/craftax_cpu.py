@@ -1,0 +1,57 @@
+"""Craftax-Classic results config for a CPU: the demo's models, trained about ten times longer.
+
+  python -m dreamer4_jax.figures table7 --scale=experiments/craftax_cpu.py --workdir=runs/cpu \
+      --episodes=128
+
+trains every stage of the demo pipeline (tokenizer, dynamics, agent, bc, imagination) in
+runs/cpu/<stage> and plays 128 real episodes per agent (Table 7 at Craftax scale). Planned for
+about two hours on 2 quiet CPU cores, from the step rates `make demo` measured (tokenizer about
+3 steps/s, dynamics 5, agent 6, imagination 2.5): data 3 min, tokenizer 45, dynamics 15, agent
+and bc 6 each, imagination 10, evaluation 10. Every stage checkpoints every 500 steps, so the
+same command resumes an interrupted run, and the stages can run in pieces.
+
+Model shapes are craftax_tiny's (experiments/craftax_tiny.py, next to this file); this file
+changes only the data (200 episodes of up to 512 steps, four in five from the seeker, which
+reaches iron in most episodes), the step counts and the evaluation.
+"""
+
+import importlib.util
+import os
+
+from dreamer4_jax.config_settings import accepts_settings
+
+_spec = importlib.util.spec_from_file_location(
+    '_craftax_tiny', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'craftax_tiny.py')
+)
+craftax_tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(craftax_tiny)
+
+VARIANTS = craftax_tiny.VARIANTS
+SETTINGS = craftax_tiny.SETTINGS
+STEPS = {'tokenizer': 8000, 'dynamics': 4000, 'agent': 2000, 'imagination': 1500}
+# Figure sizes: Table 7 with 128 episodes of up to 500 steps per agent.
+FIGURES = {**craftax_tiny.FIGURES, 'episodes': 128, 'max_steps': 500}
+
+
+@accepts_settings
+def get_config(arg: str | None = None):
+    variant = arg or 'tokenizer'
+    if variant not in VARIANTS:
+        raise ValueError(
+            f'experiments/craftax_cpu.py: unknown variant {arg!r}; choose one of {VARIANTS}.'
+        )
+    c = craftax_tiny.get_config(variant)
+    c.data.name = 'craftax_cpu'
+    c.data.collect.num_episodes = 200
+    c.data.collect.max_steps = 512
+    c.data.collect.num_envs = 64
+    c.data.collect.policy_mix = {'random': 0.2, 'seeker': 0.8}
+    c.train.steps = STEPS[variant]
+    c.train.log_every = 100
+    c.train.checkpoint_every = 500
+    # Held-out metrics during the long tokenizer and dynamics runs, not only at the end.
+    c.train.eval_every = 2000 if variant in ('tokenizer', 'dynamics') else 0
+    c.imagination.policy_warmup = 300  # value-only steps first (see craftax_tiny.py)
+    c.closed_loop.episodes = FIGURES['episodes']
+    c.closed_loop.max_steps = FIGURES['max_steps']
+    return c
