@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer4_jax import generation, pretrained, world_model
+from dreamer4_jax import checkpoint, generation, pretrained, world_model
 from dreamer4_jax.dynamics import align_actions
+from dreamer4_jax.eval import fvd
 from dreamer4_jax.eval import open_loop as open_loop_lib
+from dreamer4_jax.figures.output import read_json, write_json
 from dreamer4_jax.train import data_sources
 
 
@@ -146,9 +148,6 @@ def evaluate_arm(workdir: str, sizes, *, frechet: bool, fps: bool, log=print) ->
     Stored in workdir/figure_eval.json with the checkpoint step and sizes they were measured
     with; a re-run with the same ones reads them back instead of measuring again.
     """
-    from dreamer4_jax import checkpoint
-    from dreamer4_jax.figures.output import read_json, write_json
-
     step = checkpoint.saved_config(workdir)[1]
     key = {
         'step': int(step),
@@ -168,8 +167,6 @@ def evaluate_arm(workdir: str, sizes, *, frechet: bool, fps: bool, log=print) ->
     result = open_loop(loaded, batch, sizes.context, sizes.horizon)
     results = result.summary()
     if frechet:
-        from dreamer4_jax.eval import fvd
-
         frechet = fvd.standin_frechet_distance(result.real_BHHWC, result.gen_BHHWC)
         results['frechet'] = float(frechet)
     if fps:

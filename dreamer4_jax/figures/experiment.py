@@ -9,7 +9,7 @@ import os
 from types import ModuleType
 
 from dreamer4_jax.config_checks import ConfigError
-from dreamer4_jax.figures.arms import Arm
+from dreamer4_jax.figures.arms import Arm, sweep_arms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # --scale names; any other value is the path of an experiment file with the sweeps.
@@ -91,3 +91,15 @@ def ensure_data(arm: Arm, log) -> None:
     from dreamer4_jax.data.build import ensure_dataset  # deferred: tensorflow_datasets is slow
 
     log(f'[figures] data: {ensure_dataset(arm.config().data)}')
+
+
+def dynamics_sweep(exp: Experiment, workdir: str, name: str, log) -> tuple[Arm, list[Arm]]:
+    """(the shared tokenizer arm, the dynamics arms of sweep `name` in workdir/name), with the
+    dataset ensured: the common start of every figure that sweeps dynamics runs."""
+    tok = tokenizer_arm(exp, workdir)
+    ensure_data(tok, log)
+    arms = sweep_arms(
+        exp.path, 'dynamics', exp.sweep(name), os.path.join(workdir, name),
+        {'dynamics.tokenizer_workdir': tok.workdir},
+    )  # fmt: skip
+    return tok, arms

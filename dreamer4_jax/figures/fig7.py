@@ -14,7 +14,7 @@ import os
 from dreamer4_jax.figures import arms as arms_lib
 from dreamer4_jax.figures import output
 from dreamer4_jax.figures.evaluation import evaluate_arm
-from dreamer4_jax.figures.experiment import Experiment, ensure_data, tokenizer_arm
+from dreamer4_jax.figures.experiment import Experiment, dynamics_sweep
 
 # PAPER 12.5: share of the 2541 h with actions -> (hours, PSNR %, SSIM %, tag), relative to the
 # no-action and all-action models.
@@ -47,12 +47,7 @@ def paper_beside(fraction: float) -> str:
 
 
 def run(exp: Experiment, workdir: str, log=print) -> tuple[str, str]:
-    tok = tokenizer_arm(exp, workdir)
-    ensure_data(tok, log)
-    arms = arms_lib.sweep_arms(
-        exp.path, 'dynamics', exp.sweep('fig7'), os.path.join(workdir, 'fig7'),
-        {'dynamics.tokenizer_workdir': tok.workdir},
-    )  # fmt: skip
+    tok, arms = dynamics_sweep(exp, workdir, 'fig7', log)
     fractions = {a.name: label_fraction(a) for a in arms}
     if 0.0 not in fractions.values() or 1.0 not in fractions.values():
         raise ValueError('fig7_sweep() needs an arm with label_fraction 0 and one with 1')

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 
+from dreamer4_jax.eval import fvd
 from dreamer4_jax.figures import arms as arms_lib
 from dreamer4_jax.figures import output
 from dreamer4_jax.figures.evaluation import evaluate_arm
-from dreamer4_jax.figures.experiment import Experiment, ensure_data, tokenizer_arm
+from dreamer4_jax.figures.experiment import Experiment, dynamics_sweep
 from dreamer4_jax.figures.sweeps import TABLE2_ROWS
 
 # PAPER 12.3 [P]: (train step s, inference FPS on one H100, FVD) per row.
@@ -38,12 +39,7 @@ PAPER_ONLY = (
 
 def run(exp: Experiment, workdir: str, log=print) -> tuple[str, str]:
     """Trains every unfinished arm, evaluates, writes the table and the plot; returns paths."""
-    tok = tokenizer_arm(exp, workdir)
-    ensure_data(tok, log)
-    arms = arms_lib.sweep_arms(
-        exp.path, 'dynamics', exp.sweep('table2'), os.path.join(workdir, 'table2'),
-        {'dynamics.tokenizer_workdir': tok.workdir},
-    )  # fmt: skip
+    tok, arms = dynamics_sweep(exp, workdir, 'table2', log)
     arms_lib.run_arms([tok, *arms], 'table2', log=log)
     results = {
         a.name: evaluate_arm(a.workdir, exp.sizes, frechet=True, fps=True, log=log) for a in arms
@@ -54,8 +50,6 @@ def run(exp: Experiment, workdir: str, log=print) -> tuple[str, str]:
 
 
 def markdown(results: dict, arms, exp: Experiment) -> str:
-    from dreamer4_jax.eval import fvd
-
     s = exp.sizes
     header = [
         'Row', f'{fvd.STANDIN_NAME} ↓ ¹', 'PSNR ↑', 'SSIM ↑', 'FPS ²',
