@@ -118,6 +118,9 @@ def test_table2_at_smoke_scale(smoke_dir, monkeypatch):
     # Arms are listed by what each adds, with the experiment path relative to the repository.
     assert 'Arms: `--config=experiments/smoke.py:dynamics,<settings>`' in md
     assert '- `diffusion_forcing`: `objective=diffusion`' in md
+    # The static baselines on the same windows, as reference rows.
+    assert '| copy the last context frame ⁴ | - |' in md
+    assert '| repeat the last context latent ⁴ | - |' in md
     # Re-running trains and measures nothing again.
     before = os.path.getmtime(smoke_dir / 'runs' / 'table2' / 'registers' / 'figure_eval.json')
     _run('table2', smoke_dir, monkeypatch)

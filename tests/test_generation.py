@@ -8,8 +8,10 @@ import pytest
 
 from dreamer4_jax import generation, shortcut
 from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, init_params
+from dreamer4_jax.eval.open_loop import OpenLoopEvaluator, counterfactual_actions, side_by_side
 from dreamer4_jax.generation import SamplingConfig
 from dreamer4_jax.nn import TransformerConfig
+from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
 
 B, CTX = 2, 2
 
@@ -126,8 +128,6 @@ def test_generation_input_errors():
 
 
 def test_counterfactual_actions_change_only_the_future():
-    from dreamer4_jax.eval.open_loop import counterfactual_actions, side_by_side
-
     comps = (('c', 'categorical', 1000), ('k', 'binary', 64), ('x', 'continuous', 2))
     acts = {
         'c': jnp.zeros((2, 6), jnp.int32),
@@ -144,3 +144,30 @@ def test_counterfactual_actions_change_only_the_future():
     frames = side_by_side(np.zeros((3, 6, 16, 16, 3)), np.ones((3, 6, 16, 16, 3)), 4, 2)
     assert frames.shape == (6, 2 * 18 + 2, 2 * 18 + 2, 3) and frames.dtype == np.uint8
     assert tuple(frames[0, 2, 20]) == (0, 200, 0) and tuple(frames[5, 2, 20]) == (220, 0, 0)
+
+
+def test_copy_latent_baseline_decodes_the_last_context_latent_repeated():
+    """With a decoder that sees one frame (time window 1) every static frame is the decoded last
+    context latent; with a longer window the earlier context still shapes them."""
+    for window in (1, 4):
+        tc = TransformerConfig(width=16, depth=2, num_heads=2, time_every=2, time_window=window)
+        tok = Tokenizer(
+            TokenizerConfig(
+                height=16, width=16, patch=8, num_latents=4, latent_dim=3, encoder=tc, decoder=tc
+            )
+        )
+        init = jax.jit(lambda k, tok=tok: nn.unbox(tok.init(k, jnp.zeros((1, 1, 16, 16, 3)))))
+        params = init(jax.random.key(window))['params']
+        ev = OpenLoopEvaluator(None, tok, SamplingConfig())
+        z_ctx = jax.random.uniform(jax.random.key(2), (2, 3, 4, 3), minval=-1, maxval=1)
+        static = np.asarray(ev.decode_static(params, z_ctx, 5))
+        assert static.shape == (2, 5, 16, 16, 3)
+        last_alone = np.asarray(ev.decode(params, z_ctx[:, -1:]))
+        if window == 1:
+            for h in range(5):
+                np.testing.assert_allclose(static[:, h], last_alone[:, 0], atol=1e-5)
+        else:
+            # Frame h sees the context frames still inside the window, so it is not the last
+            # latent decoded alone; beyond the window it is (4 static frames fill it).
+            assert np.max(np.abs(static[:, 0] - last_alone[:, 0])) > 1e-4
+            np.testing.assert_allclose(static[:, 4], static[:, 3], atol=1e-5)

@@ -7,8 +7,12 @@ next H frames with the cached sampler, decode them, and compare with the real fr
                           stays finite), SSIM averaged over the windows;
   psnr_copy_last_hXX      the same PSNR for the baseline that repeats the last context frame
                           (a model must beat it where the scene moves);
-  psnr / ssim / psnr_copy_last / psnr_recon   means over the horizon; psnr_recon is the
-                          tokenizer's own reconstruction of the same frames (upper bound);
+  psnr_copy_latent_hXX    the baseline that repeats the last context frame's LATENT and decodes
+                          it: the same tokenizer error as the model's frames, so the gap to
+                          psnr_hXX is what the dynamics model adds over a static world;
+  psnr / ssim / psnr_copy_last / psnr_copy_latent / psnr_recon
+                          means over the horizon; psnr_recon is the tokenizer's own
+                          reconstruction of the same frames (upper bound);
   counterfactual_mse      pixel MSE between futures generated from the SAME context and noise
                           with the real vs. random actions (action conditioning at work);
   noise_mse               pixel MSE between two futures with the same actions and different
@@ -88,13 +92,14 @@ def psnr_of_mean_mse(x_BHWC, y_BHWC, max_val: float = 1.0):
     return 10.0 * jnp.log10(max_val**2 / mse_H)
 
 
-def _scores(gen_BHWC, target_BHWC, last_BWC, recon_BHWC) -> dict:
+def _scores(gen_BHWC, target_BHWC, last_BWC, recon_BHWC, copy_latent_BHWC) -> dict:
     """Per-horizon-step scores over the batch: [H] arrays."""
     copy = jnp.broadcast_to(last_BWC[:, None], target_BHWC.shape)
     return {
         'psnr': psnr_of_mean_mse(gen_BHWC, target_BHWC),
         'ssim': jnp.mean(losses.ssim(gen_BHWC, target_BHWC), axis=0),
         'psnr_copy_last': psnr_of_mean_mse(copy, target_BHWC),
+        'psnr_copy_latent': psnr_of_mean_mse(copy_latent_BHWC, target_BHWC),
         'psnr_recon': psnr_of_mean_mse(recon_BHWC, target_BHWC),
     }
 
@@ -117,6 +122,12 @@ class OpenLoopEvaluator:
             functools.partial(rollout, model, sampling=sampling), static_argnames=('horizon',)
         )
         self.scores = jax.jit(_scores)
+
+    def decode_static(self, tokenizer_params: Any, z_ctx_BTNC: jax.Array, horizon: int):
+        """The copy-latent baseline's frames [B, H, ...]: the last context latent repeated."""
+        last = jnp.repeat(z_ctx_BTNC[:, -1:], horizon, axis=1)
+        pix = self.decode(tokenizer_params, jnp.concatenate([z_ctx_BTNC, last], axis=1))
+        return pix[:, z_ctx_BTNC.shape[1] :]
 
     def __call__(
         self,
@@ -159,12 +170,16 @@ class OpenLoopEvaluator:
         target = real[:, context:]
         gen_pix = pix[:, context:]
         recon = self.decode(tokenizer_params, z)
-        s = jax.device_get(self.scores(gen_pix, target, real[:, context - 1], recon[:, context:]))
+        copy_latent = self.decode_static(tokenizer_params, z_ctx, horizon)
+        s = jax.device_get(
+            self.scores(gen_pix, target, real[:, context - 1], recon[:, context:], copy_latent)
+        )
         out = {k: float(v.mean()) for k, v in s.items()}
         for h in range(horizon):
             out[f'psnr_h{h + 1:02d}'] = float(s['psnr'][h])
             out[f'ssim_h{h + 1:02d}'] = float(s['ssim'][h])
             out[f'psnr_copy_last_h{h + 1:02d}'] = float(s['psnr_copy_last'][h])
+            out[f'psnr_copy_latent_h{h + 1:02d}'] = float(s['psnr_copy_latent'][h])
 
         comps = self.model.config.actions
         if comps:

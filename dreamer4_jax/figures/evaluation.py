@@ -36,12 +36,14 @@ class OpenLoopResult:
     psnr_H: np.ndarray  # [H] per horizon step
     ssim_H: np.ndarray
     psnr_copy_last_H: np.ndarray  # the copy-last-context-frame baseline
+    psnr_copy_latent_H: np.ndarray  # the last context latent repeated, decoded
 
     def summary(self) -> dict:
         return {
             'psnr': float(np.mean(self.psnr_H)),
             'ssim': float(np.mean(self.ssim_H)),
             'psnr_copy_last': float(np.mean(self.psnr_copy_last_H)),
+            'psnr_copy_latent': float(np.mean(self.psnr_copy_latent_H)),
             'psnr_h': [float(v) for v in self.psnr_H],
             'ssim_h': [float(v) for v in self.ssim_H],
         }
@@ -92,9 +94,17 @@ def open_loop(loaded: LoadedRun, batch: dict, context: int, horizon: int, seed: 
     pix = ev.decode(loaded.tokenizer_params, jnp.concatenate([z[:, :context], gen], axis=1))
     recon = ev.decode(loaded.tokenizer_params, z)
     target, gen_pix = real[:, context:], pix[:, context:]
-    s = jax.device_get(ev.scores(gen_pix, target, real[:, context - 1], recon[:, context:]))
+    copy_latent = ev.decode_static(loaded.tokenizer_params, z[:, :context], horizon)
+    s = jax.device_get(
+        ev.scores(gen_pix, target, real[:, context - 1], recon[:, context:], copy_latent)
+    )
     return OpenLoopResult(
-        np.asarray(target), np.asarray(gen_pix), s['psnr'], s['ssim'], s['psnr_copy_last']
+        np.asarray(target),
+        np.asarray(gen_pix),
+        s['psnr'],
+        s['ssim'],
+        s['psnr_copy_last'],
+        s['psnr_copy_latent'],
     )
 
 

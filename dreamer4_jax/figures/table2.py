@@ -66,6 +66,15 @@ def markdown(results: dict, arms, exp: Experiment) -> str:
         ])  # fmt: skip
     for label, step_s, fps, fid in PAPER_ONLY:
         rows.append([f'{label} (not run ³)', '-', '-', '-', '-', fid, fps, step_s])
+    # Baselines without a dynamics model, on the same windows (equal for every arm): what a
+    # world that stands still scores, in pixels and through the shared tokenizer.
+    first = results[arms[0].name] if arms else {}
+    for label, key in (
+        ('copy the last context frame ⁴', 'psnr_copy_last'),
+        ('repeat the last context latent ⁴', 'psnr_copy_latent'),
+    ):
+        if first.get(key) is not None:
+            rows.append([label, '-', output.fmt(first[key]), '-', '-', '-', '-', '-'])
     # Each arm's own settings (the sweep is cumulative), with the experiment path as shown.
     sweep, before, lines = exp.sweep('table2'), [], []
     for a in arms:
@@ -88,6 +97,8 @@ def markdown(results: dict, arms, exp: Experiment) -> str:
         'K denoising passes and the commit) on this machine; decoding to pixels is not timed '
         '(every arm shares the tokenizer). The paper times the whole model on one H100.\n'
         '\n³ More spatial tokens change the tokenizer; every arm here shares one tokenizer run.\n'
+        '\n⁴ No dynamics model: the last context frame (or its latent, decoded) repeated over '
+        'the generated frames. A row that does not beat them has learned no motion.\n'
         f'\nArms: `--config={exp.shown}:dynamics,<settings>` with the settings of every row '
         'up to and including its own; each row adds:\n\n' + settings + '\n'
     )
