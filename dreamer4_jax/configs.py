@@ -50,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.steps = 100
     c.train.batch_size = 8  # global batch, over all processes
     c.train.learning_rate = 1e-3
+    # 'adamw', or 'muon': Muon on weight matrices at muon_learning_rate, Adam at learning_rate
+    # on the rest (dreamer4_jax/train/state.py: make_optimizer).
+    c.train.optimizer = 'adamw'
+    c.train.muon_learning_rate = 0.02
     c.train.warmup_steps = 10
     c.train.weight_decay = 0.0
     c.train.grad_clip = 1.0

@@ -81,6 +81,10 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     def one(leaf):
         if isinstance(leaf, nn.LogicallyPartitioned):
             value = leaf.value
+            if not hasattr(value, 'shape'):
+                # An empty node standing for a leaf (optax's MaskedNode in the state of a
+                # partitioned optimizer such as Muon's Adam half): nothing to shard.
+                return value
             return NamedSharding(mesh, logical_to_spec(leaf.names, value.shape, mesh, rules))
         return NamedSharding(mesh, P())
 
