@@ -2,9 +2,13 @@
 
 import json
 
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import run as bench_run
+from benchmarks import tokenizer_probe
+from dreamer4_jax import config_checks
+from dreamer4_jax.data.synthetic import build_synthetic_dataset
 
 
 def test_harness_writes_peaks_and_derived_mfu(tmp_path, monkeypatch):
@@ -37,3 +41,29 @@ def test_matmul_peak_is_positive_and_finite():
 
     flops = bench_run.matmul_peak(jnp.float32, n=128)
     assert 1e6 < flops < 1e15
+
+
+def test_tokenizer_probe_learns_and_reports_held_out_psnr(tmp_path):
+    """The README's tokenizer probes: a small tokenizer on synthetic frames gets better in 100
+    steps, and the PSNR it reports is that of the mean MSE over the held-out frames."""
+    settings = [
+        f'data.dir={tmp_path}',
+        'data.name=probe',
+        'tokenizer.encoder.depth=1',
+        'tokenizer.decoder.depth=1',
+        'tokenizer.encoder.time_every=0',
+        'tokenizer.decoder.time_every=0',
+    ]
+    config = config_checks.load_config(
+        'experiments/craftax_tiny.py:tokenizer,' + ','.join(settings)
+    )
+    build_synthetic_dataset(config.data, lengths=(8,) * 6)
+    result = tokenizer_probe.main(
+        ['--steps=100', '--frames_per_step=4', '--optimizer=muon']
+        + [f'--set={s}' for s in settings]
+    )
+    (step0, start), (step100, end) = result['psnr']
+    assert (step0, step100) == (0, 100) and result['optimizer'] == 'muon'
+    assert end > start + 3.0, result['psnr']
+    a, b = jnp.full((2, 1, 4, 4, 3), 0.5), jnp.full((2, 1, 4, 4, 3), 0.6)
+    assert abs(tokenizer_probe.psnr_of_mean_mse(a, b) - 20.0) < 1e-4  # MSE 0.01
