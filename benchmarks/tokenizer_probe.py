@@ -27,7 +27,9 @@ import optax
 
 from dreamer4_jax import config_checks, parallel
 from dreamer4_jax import model_configs as mc
+from dreamer4_jax.configs import OPTIMIZERS
 from dreamer4_jax.data.build import load_meta
+from dreamer4_jax.eval.open_loop import psnr_of_mean_mse
 from dreamer4_jax.tokenizer import Tokenizer, sample_patch_mask
 from dreamer4_jax.train import state as state_lib
 
@@ -39,12 +41,6 @@ def load_frames(data_config, split: str) -> np.ndarray:
     meta = load_meta(data_config)
     source = tfds.builder_from_directory(str(meta.tfds_dir)).as_data_source(split=split)
     return np.stack([r['image'] for r in source.__getitems__(list(range(len(source))))])
-
-
-def psnr_of_mean_mse(recon: jax.Array, target: jax.Array) -> float:
-    """PSNR of the MSE over all frames (images in [0, 1], reconstructions clipped)."""
-    mse = jnp.mean((jnp.clip(recon, 0.0, 1.0) - target) ** 2)
-    return float(10.0 * jnp.log10(1.0 / mse))
 
 
 def run_probe(config, *, steps: int, frames_per_step: int, mask: bool, seed: int, log=print):
@@ -76,15 +72,20 @@ def run_probe(config, *, steps: int, frames_per_step: int, mask: bool, seed: int
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    reconstruct = jax.jit(lambda p: model.apply({'params': p}, eval_x)[0])
+    # Held-out frames are [N, 1, ...] windows: the PSNR of the MSE over all N frames.
+    reconstruct = jax.jit(lambda p: jnp.clip(model.apply({'params': p}, eval_x)[0], 0.0, 1.0))
+
+    def held_out_psnr(p) -> float:
+        return float(psnr_of_mean_mse(reconstruct(p), eval_x)[0])
+
     key, start = jax.random.key(seed + 1), time.time()
-    curve = [(0, psnr_of_mean_mse(reconstruct(params), eval_x))]
+    curve = [(0, held_out_psnr(params))]
     for i in range(1, steps + 1):
         x = jnp.asarray(train[rng.choice(len(train), frames_per_step)][:, None], jnp.float32)
         key, sub = jax.random.split(key)
         params, opt_state, loss_value = step(params, opt_state, x / 255.0, sub)
         if i % 100 == 0 or i == steps:
-            curve.append((i, psnr_of_mean_mse(reconstruct(params), eval_x)))
+            curve.append((i, held_out_psnr(params)))
             log(
                 f'step {i}/{steps}  train mse {float(loss_value):.4f}  held-out PSNR '
                 f'{curve[-1][1]:.2f} dB  ({time.time() - start:.0f} s)'
@@ -97,7 +98,7 @@ def main(argv=None) -> dict:
     parser.add_argument('--experiment', default='experiments/craftax_tiny.py')
     parser.add_argument('--steps', type=int, default=300)
     parser.add_argument('--frames_per_step', type=int, default=8)
-    parser.add_argument('--optimizer', choices=state_lib.OPTIMIZERS, default=None)
+    parser.add_argument('--optimizer', choices=OPTIMIZERS, default=None)
     parser.add_argument('--mask', action='store_true', help='mask patches as the phase does')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from dreamer4_jax.configs import OPTIMIZERS
 from dreamer4_jax.errors import UserError
 
 
@@ -181,8 +182,8 @@ def check_train(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'config.train.eval_every={t.eval_every} must be >= 0 (0: at the end).')
     if int(t.keep_checkpoints) < 1:
         raise ConfigError(f'config.train.keep_checkpoints={t.keep_checkpoints} must be >= 1.')
-    if t.get('optimizer', 'adamw') not in ('adamw', 'muon'):
-        raise ConfigError(f"config.train.optimizer={t.optimizer!r} must be 'adamw' or 'muon'.")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f'config.train.optimizer={t.optimizer!r} must be one of {OPTIMIZERS}.')
 
 
 def devices_to_use(config: ml_collections.ConfigDict, available: int, process_count: int) -> int:

@@ -24,6 +24,10 @@ DEFAULT_SHARDING_RULES = (
 )
 
 
+# Values of config.train.optimizer (dreamer4_jax/train/state.py: make_optimizer).
+OPTIMIZERS = ('adamw', 'muon')
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Fields common to all phases, with defaults sized for a CPU test run."""
     c = ml_collections.ConfigDict()
@@ -52,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.learning_rate = 1e-3
     # 'adamw', or 'muon': Muon on weight matrices at muon_learning_rate, Adam at learning_rate
     # on the rest (dreamer4_jax/train/state.py: make_optimizer).
-    c.train.optimizer = 'adamw'
+    c.train.optimizer = 'adamw'  # one of OPTIMIZERS
     c.train.muon_learning_rate = 0.02
     c.train.warmup_steps = 10
     c.train.weight_decay = 0.0

@@ -65,5 +65,6 @@ def test_tokenizer_probe_learns_and_reports_held_out_psnr(tmp_path):
     (step0, start), (step100, end) = result['psnr']
     assert (step0, step100) == (0, 100) and result['optimizer'] == 'muon'
     assert end > start + 3.0, result['psnr']
+    # The score it uses: one [N, 1, ...] horizon step, PSNR of the mean MSE.
     a, b = jnp.full((2, 1, 4, 4, 3), 0.5), jnp.full((2, 1, 4, 4, 3), 0.6)
-    assert abs(tokenizer_probe.psnr_of_mean_mse(a, b) - 20.0) < 1e-4  # MSE 0.01
+    assert abs(float(tokenizer_probe.psnr_of_mean_mse(a, b)[0]) - 20.0) < 1e-4  # MSE 0.01

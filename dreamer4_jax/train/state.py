@@ -8,6 +8,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from optax.contrib import MuonDimensionNumbers, muon
+
+from dreamer4_jax.configs import OPTIMIZERS
 
 
 @flax.struct.dataclass
@@ -23,8 +26,6 @@ class TrainState:
     opt_state: Any
     aux: Any
 
-
-OPTIMIZERS = ('adamw', 'muon')
 
 # The transformer's weight matrices by parameter name: (reduction axes, output axes) of the
 # matmul each one takes part in (dreamer4_jax/nn: block.py, mlp.py); the remaining axes (heads,
@@ -47,7 +48,6 @@ def muon_dimension_numbers(params: Any) -> Any:
     PAPER 8 cites (S9). Stacked layers (`scan_layers`, under 'groups') carry a leading layer
     axis, which is a batch axis here.
     """
-    from optax.contrib import MuonDimensionNumbers
 
     def rule(path, leaf):
         # Dict keys only: a logically partitioned box adds an attribute key ('value').
@@ -87,14 +87,13 @@ def make_optimizer(train_config, trainable_mask: Any = None) -> optax.GradientTr
     held out after 300 steps where AdamW reaches 17.3. With `trainable_mask` (a pytree of bools
     like params), frozen leaves get no update and no state.
     """
+    # .get: configs saved before these fields existed (restored runs) train with AdamW.
     name = str(train_config.get('optimizer', 'adamw'))
     lr = float(train_config.learning_rate)
     wd = float(train_config.weight_decay)
     if name == 'adamw':
         update = optax.adamw(_schedule(train_config, lr), b1=0.9, b2=0.99, weight_decay=wd)
     elif name == 'muon':
-        from optax.contrib import muon
-
         update = muon(
             _schedule(train_config, float(train_config.get('muon_learning_rate', 0.02))),
             weight_decay=wd,
