@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer4_jax.envs.craftax import TimeStep
+from dreamer4_jax import dynamics as dyn
+from dreamer4_jax.agent import AgentConfig, AgentHeads, init_agent_params
+from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES, TimeStep
 from dreamer4_jax.eval import closed_loop
 from dreamer4_jax.eval.success_table import (
     mean_interval,
@@ -19,6 +21,9 @@ from dreamer4_jax.eval.success_table import (
     wilson_interval,
     write_tables,
 )
+from dreamer4_jax.generation import SamplingConfig
+from dreamer4_jax.imagination import WorldModel
+from dreamer4_jax.model_configs import closed_loop_config_dict
 from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
 
@@ -157,10 +162,6 @@ def test_encode_step_equals_full_sequence_encode():
 
 def test_agent_policy_step_by_step_equals_full_sequence_with_actions_shifted():
     """Closed loop commits frame t with the action taken after frame t-1 (DESIGN 3)."""
-    from dreamer4_jax import dynamics as dyn
-    from dreamer4_jax.agent import AgentConfig, AgentHeads, init_agent_params
-    from dreamer4_jax.generation import SamplingConfig
-    from dreamer4_jax.imagination import WorldModel
 
     acts = (('discrete', 'categorical', 17),)
     tc = TransformerConfig(width=16, depth=2, num_heads=2, time_every=2, time_window=8)
@@ -236,8 +237,6 @@ def test_agent_policy_step_by_step_equals_full_sequence_with_actions_shifted():
 
 def test_random_policy_in_real_craftax_writes_tables(tmp_path):
     """Real env episodes: both modes, table files, rates consistent with episode counts."""
-    from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES
-    from dreamer4_jax.model_configs import closed_loop_config_dict
 
     cfg = closed_loop_config_dict(episodes=3, num_envs=2, max_steps=6, single_tasks='wake_up')
     res = closed_loop.evaluate_agents({'random': 'random'}, str(tmp_path), cfg)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamer4_jax import losses
 from dreamer4_jax.eval.i3d import (  # noqa: F401  (re-exported: the checkpoint API lives here too)
     NUM_CLASSES,
     I3DCheckpointError,
@@ -156,8 +157,6 @@ STANDIN_IMAGE_SIZE = 64  # Craftax's frame size; AlexNet needs >= 31 px (losses.
 
 def load_standin_params() -> Any:
     """The AlexNet trunk's weights, loaded by the LPIPS loader (`losses.load_lpips`)."""
-    from dreamer4_jax import losses
-
     _, variables = losses.load_lpips('alexnet')
     return variables['params']['AlexNet_0']
 
