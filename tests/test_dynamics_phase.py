@@ -193,6 +193,9 @@ def test_phase_trains_and_evaluates(tmp_path, monkeypatch):
         'eval/noise_mse',
         'eval/psnr_copy_last',
         'eval/psnr_copy_latent_h01',
+        'eval/latent_mse_h01',
+        'eval/latent_mse_copy_h05',
+        'eval/psnr_recon_h02',
     } <= set(evals[-1])
     assert os.path.exists(os.path.join(workdir, 'eval', 'open_loop_000002.gif'))
     ema, params = result.state.aux['ema'], result.state.params

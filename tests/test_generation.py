@@ -8,7 +8,12 @@ import pytest
 
 from dreamer4_jax import generation, shortcut
 from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, init_params
-from dreamer4_jax.eval.open_loop import OpenLoopEvaluator, counterfactual_actions, side_by_side
+from dreamer4_jax.eval.open_loop import (
+    OpenLoopEvaluator,
+    counterfactual_actions,
+    latent_mse_per_horizon,
+    side_by_side,
+)
 from dreamer4_jax.generation import SamplingConfig
 from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
@@ -144,6 +149,19 @@ def test_counterfactual_actions_change_only_the_future():
     frames = side_by_side(np.zeros((3, 6, 16, 16, 3)), np.ones((3, 6, 16, 16, 3)), 4, 2)
     assert frames.shape == (6, 2 * 18 + 2, 2 * 18 + 2, 3) and frames.dtype == np.uint8
     assert tuple(frames[0, 2, 20]) == (0, 200, 0) and tuple(frames[5, 2, 20]) == (220, 0, 0)
+
+
+def test_latent_mse_per_horizon_matches_numpy_and_scores_copying():
+    r = np.random.default_rng(0)
+    pred, target = r.normal(size=(3, 4, 5, 2)), r.normal(size=(3, 4, 5, 2))
+    got = np.asarray(latent_mse_per_horizon(jnp.asarray(pred), jnp.asarray(target)))
+    want = [np.mean([(pred[b, h] - target[b, h]) ** 2 for b in range(3)]) for h in range(4)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # Copying the last latent: exact where the future stays put, growing as it drifts away.
+    last = target[:, :1]
+    drift = last + 0.1 * np.arange(4)[None, :, None, None]
+    copy = np.asarray(latent_mse_per_horizon(jnp.asarray(last), jnp.asarray(drift)))
+    np.testing.assert_allclose(copy, (0.1 * np.arange(4)) ** 2, atol=1e-6)
 
 
 def test_copy_latent_baseline_decodes_the_last_context_latent_repeated():

@@ -92,6 +92,15 @@ def psnr_of_mean_mse(x_BHWC, y_BHWC, max_val: float = 1.0):
     return 10.0 * jnp.log10(max_val**2 / mse_H)
 
 
+def latent_mse_per_horizon(pred_BHNC, target_BHNC):
+    """[H] mean squared latent error per horizon step over windows, tokens and channels.
+
+    `pred_BHNC` may hold one frame (H = 1), e.g. the last context latent, to score copying it.
+    """
+    pred = jnp.broadcast_to(pred_BHNC, target_BHNC.shape)
+    return jnp.mean((pred - target_BHNC) ** 2, axis=(0, 2, 3))
+
+
 def _scores(gen_BHWC, target_BHWC, last_BWC, recon_BHWC, copy_latent_BHWC) -> dict:
     """Per-horizon-step scores over the batch: [H] arrays."""
     copy = jnp.broadcast_to(last_BWC[:, None], target_BHWC.shape)
@@ -175,11 +184,21 @@ class OpenLoopEvaluator:
             self.scores(gen_pix, target, real[:, context - 1], recon[:, context:], copy_latent)
         )
         out = {k: float(v.mean()) for k, v in s.items()}
+        # The same comparison in latent space, before the decoder: the model's latents and the
+        # last context latent against the encoder's latents of the real future frames.
+        lat_err = jax.device_get(latent_mse_per_horizon(gen, z[:, context:]))
+        copy_err = jax.device_get(latent_mse_per_horizon(z_ctx[:, -1:], z[:, context:]))
+        out['latent_mse'] = float(lat_err.mean())
+        out['latent_mse_copy'] = float(copy_err.mean())
+        for h in range(horizon):
+            out[f'latent_mse_h{h + 1:02d}'] = float(lat_err[h])
+            out[f'latent_mse_copy_h{h + 1:02d}'] = float(copy_err[h])
         for h in range(horizon):
             out[f'psnr_h{h + 1:02d}'] = float(s['psnr'][h])
             out[f'ssim_h{h + 1:02d}'] = float(s['ssim'][h])
             out[f'psnr_copy_last_h{h + 1:02d}'] = float(s['psnr_copy_last'][h])
             out[f'psnr_copy_latent_h{h + 1:02d}'] = float(s['psnr_copy_latent'][h])
+            out[f'psnr_recon_h{h + 1:02d}'] = float(s['psnr_recon'][h])
 
         comps = self.model.config.actions
         if comps:
