@@ -8,6 +8,7 @@ import pytest
 from toy_runs import short_toy_config
 
 from dreamer4_jax import checkpoint, pretrained
+from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.train import loop, toy
 
 
@@ -112,6 +113,22 @@ def test_incompatible_checkpoint_names_the_config_difference(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r'toy\.width: checkpoint 64 vs now 32'):
         loop.run(toy.make_phase(config), config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['20']
+
+
+def test_resume_past_train_steps_is_a_clear_error_and_a_finished_run_evaluates_again(tmp_path):
+    workdir = str(tmp_path / 'run')
+    loop.run(toy.make_phase(short_toy_config(steps=20)), short_toy_config(steps=20), workdir)
+    listing = sorted(os.listdir(workdir)), sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+    with pytest.raises(ConfigError, match=r'step 20, past config\.train\.steps=10.*steps=20'):
+        loop.run(toy.make_phase(short_toy_config(steps=10)), short_toy_config(steps=10), workdir)
+    after = sorted(os.listdir(workdir)), sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+    assert after == listing
+    # At train.steps equal to the checkpoint there is nothing to train: the run loads and ends.
+    again = loop.run(
+        toy.make_phase(short_toy_config(steps=20)), short_toy_config(steps=20), workdir
+    )
+    assert again.step == 20 and not again.preempted
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == listing[1]
 
 
 def test_rng_is_saved_and_restored(tmp_path):

@@ -198,6 +198,13 @@ def run(phase: Phase, config: ml_collections.ConfigDict, workdir: str) -> RunRes
     latest = None
     if restored is not None:
         latest, state, step_rng = restored
+        if latest > total:  # nothing to train, and step `total` cannot be saved or evaluated
+            _close_quietly(ckpt, writer)
+            raise config_checks.ConfigError(
+                f'{workdir} holds a checkpoint at step {latest}, past config.train.steps='
+                f'{total}: set --config.train.steps={latest} to evaluate it again (or higher to '
+                'train on), or use a new workdir.'
+            )
         start = latest
         writer.message(f'resumed from {ckpt.directory}/{latest}')
     elif phase.warm_start is not None:
