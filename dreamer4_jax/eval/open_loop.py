@@ -101,8 +101,14 @@ def latent_mse_per_horizon(pred_BHNC, target_BHNC):
     return jnp.mean((pred - target_BHNC) ** 2, axis=(0, 2, 3))
 
 
-def _scores(gen_BHWC, target_BHWC, last_BWC, recon_BHWC, copy_latent_BHWC) -> dict:
-    """Per-horizon-step scores over the batch: [H] arrays."""
+def _scores(
+    gen_BHWC, target_BHWC, last_BWC, recon_BHWC, copy_latent_BHWC, gen_BHNC, z_BHNC, z_last_BNC
+) -> dict:
+    """Per-horizon-step scores over the batch: [H] arrays.
+
+    The latent ones make the same comparison before the decoder: the model's latents and the
+    last context latent against the encoder's latents of the real future frames.
+    """
     copy = jnp.broadcast_to(last_BWC[:, None], target_BHWC.shape)
     return {
         'psnr': psnr_of_mean_mse(gen_BHWC, target_BHWC),
@@ -110,6 +116,8 @@ def _scores(gen_BHWC, target_BHWC, last_BWC, recon_BHWC, copy_latent_BHWC) -> di
         'psnr_copy_last': psnr_of_mean_mse(copy, target_BHWC),
         'psnr_copy_latent': psnr_of_mean_mse(copy_latent_BHWC, target_BHWC),
         'psnr_recon': psnr_of_mean_mse(recon_BHWC, target_BHWC),
+        'latent_mse': latent_mse_per_horizon(gen_BHNC, z_BHNC),
+        'latent_mse_copy': latent_mse_per_horizon(z_last_BNC[:, None], z_BHNC),
     }
 
 
@@ -181,24 +189,20 @@ class OpenLoopEvaluator:
         recon = self.decode(tokenizer_params, z)
         copy_latent = self.decode_static(tokenizer_params, z_ctx, horizon)
         s = jax.device_get(
-            self.scores(gen_pix, target, real[:, context - 1], recon[:, context:], copy_latent)
+            self.scores(
+                gen_pix,
+                target,
+                real[:, context - 1],
+                recon[:, context:],
+                copy_latent,
+                gen,
+                z[:, context:],
+                z_ctx[:, -1],
+            )
         )
         out = {k: float(v.mean()) for k, v in s.items()}
-        # The same comparison in latent space, before the decoder: the model's latents and the
-        # last context latent against the encoder's latents of the real future frames.
-        lat_err = jax.device_get(latent_mse_per_horizon(gen, z[:, context:]))
-        copy_err = jax.device_get(latent_mse_per_horizon(z_ctx[:, -1:], z[:, context:]))
-        out['latent_mse'] = float(lat_err.mean())
-        out['latent_mse_copy'] = float(copy_err.mean())
-        for h in range(horizon):
-            out[f'latent_mse_h{h + 1:02d}'] = float(lat_err[h])
-            out[f'latent_mse_copy_h{h + 1:02d}'] = float(copy_err[h])
-        for h in range(horizon):
-            out[f'psnr_h{h + 1:02d}'] = float(s['psnr'][h])
-            out[f'ssim_h{h + 1:02d}'] = float(s['ssim'][h])
-            out[f'psnr_copy_last_h{h + 1:02d}'] = float(s['psnr_copy_last'][h])
-            out[f'psnr_copy_latent_h{h + 1:02d}'] = float(s['psnr_copy_latent'][h])
-            out[f'psnr_recon_h{h + 1:02d}'] = float(s['psnr_recon'][h])
+        for k, v in s.items():  # and per horizon step: psnr_h01, latent_mse_copy_h03, ...
+            out.update({f'{k}_h{h + 1:02d}': float(v[h]) for h in range(horizon)})
 
         comps = self.model.config.actions
         if comps:

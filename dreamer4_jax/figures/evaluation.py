@@ -96,7 +96,16 @@ def open_loop(loaded: LoadedRun, batch: dict, context: int, horizon: int, seed: 
     target, gen_pix = real[:, context:], pix[:, context:]
     copy_latent = ev.decode_static(loaded.tokenizer_params, z[:, :context], horizon)
     s = jax.device_get(
-        ev.scores(gen_pix, target, real[:, context - 1], recon[:, context:], copy_latent)
+        ev.scores(
+            gen_pix,
+            target,
+            real[:, context - 1],
+            recon[:, context:],
+            copy_latent,
+            gen,
+            z[:, context:],
+            z[:, context - 1],
+        )
     )
     return OpenLoopResult(
         np.asarray(target),
