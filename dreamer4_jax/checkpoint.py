@@ -39,12 +39,13 @@ class DamagedCheckpointError(CheckpointError):
         super().__init__(f'Checkpoint {path} is damaged: {detail}')
 
 
-def _config_diff(saved: dict, current: dict, prefix: str = '') -> list[str]:
+def config_diff(saved: dict, current: dict, prefix: str = '') -> list[str]:
+    """'field: checkpoint X vs now Y' for every leaf of two nested config dicts that differs."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, '<missing>'), current.get(key, '<missing>')
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_diff(a, b, f'{prefix}{key}.')
+            diffs += config_diff(a, b, f'{prefix}{key}.')
         elif a != b:
             diffs.append(f'{prefix}{key}: checkpoint {a!r} vs now {b!r}')
     return diffs
@@ -158,7 +159,7 @@ class Checkpointer:
             damage = self._find_damage(step, data_iterator is not None)
             if damage:
                 raise DamagedCheckpointError(path, damage) from e
-            diffs = _config_diff(meta.get('config', {}), json.loads(config.to_json_best_effort()))
+            diffs = config_diff(meta.get('config', {}), json.loads(config.to_json_best_effort()))
             more = f'; and {len(diffs) - 12} more' if len(diffs) > 12 else ''
             shown = '; '.join(diffs[:12]) + more
             hint = f' Config fields that differ from the checkpoint: {shown}.' if diffs else ''

@@ -17,6 +17,7 @@ of all stages and the total closes the run.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -24,7 +25,7 @@ import time
 
 from absl import logging
 
-from dreamer4_jax import config_checks, errors
+from dreamer4_jax import checkpoint, config_checks, errors
 from dreamer4_jax.compile_clock import CompileClock
 from dreamer4_jax.data.build import ensure_dataset
 from dreamer4_jax.eval.closed_loop import evaluate_agents
@@ -65,8 +66,41 @@ def stage_config(stage: str, workdir: str, steps_scale: float = 1.0, experiment:
     return config
 
 
+# The config section that defines what a stage trains. A finished stage is reused only if its
+# checkpoint was saved with the same section (paths to earlier stages may differ: workdirs move).
+MODEL_SECTION = {
+    'tokenizer': 'tokenizer',
+    'dynamics': 'dynamics',
+    'agent': 'agent',
+    'bc': 'agent',
+    'imagination': 'imagination',
+}
+
+
 def finished(stage_dir: str, steps: int) -> bool:
     return os.path.isdir(os.path.join(stage_dir, 'checkpoints', str(steps)))
+
+
+def check_reusable(stage: str, stage_dir: str, steps: int, config) -> None:
+    """ConfigError when the finished stage was trained with another model section than the
+    experiment now gives (e.g. a workdir from before a config change): skipping it would feed the
+    later stages a model that the config does not describe."""
+    section = MODEL_SECTION[stage]
+    saved, _ = checkpoint.saved_config(stage_dir, steps)
+    was = json.loads(saved.to_json_best_effort()).get(section, {})
+    now = json.loads(config.to_json_best_effort()).get(section, {})
+    diffs = [
+        d
+        for d in checkpoint.config_diff(was, now, f'{section}.')
+        if not d.split(':')[0].endswith('_workdir')
+    ]
+    if diffs:
+        more = f'; and {len(diffs) - 6} more' if len(diffs) > 6 else ''
+        raise config_checks.ConfigError(
+            f'{stage_dir} finished with another {section} config than the experiment now gives '
+            f'({"; ".join(diffs[:6])}{more}). Delete {stage_dir} and the stages after it to '
+            'retrain them, or use another --workdir.'
+        )
 
 
 def run_stage(stage: str, workdir: str, steps_scale: float) -> None:
@@ -97,6 +131,7 @@ def run_stage(stage: str, workdir: str, steps_scale: float) -> None:
     stage_dir = os.path.join(workdir, stage)
     config = stage_config(stage, workdir, steps_scale)
     if finished(stage_dir, int(config.train.steps)):
+        check_reusable(stage, stage_dir, int(config.train.steps), config)
         print(f'[demo] {stage}: already finished in {stage_dir}, skipping', flush=True)
         return
     print(f'[demo] {stage}: training {config.train.steps} steps in {stage_dir}', flush=True)

@@ -1,0 +1,45 @@
+"""The demo reuses a finished stage only if it was trained with the config the experiment gives."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from dreamer4_jax import checkpoint, demo
+from dreamer4_jax.config_checks import ConfigError
+
+
+def _finish(workdir, stage, edit=None):
+    """A checkpoint at the stage's last step, saved with the demo's config for it (edited)."""
+    config = demo.stage_config(stage, str(workdir))
+    if edit:
+        edit(config)
+    ckpt = checkpoint.Checkpointer(str(workdir / stage))
+    ckpt.save(int(config.train.steps), {'w': jnp.zeros(2)}, None, jax.random.key(0), config)
+    ckpt.close()
+
+
+def test_a_finished_stage_with_the_same_config_is_skipped(tmp_path, capsys):
+    _finish(tmp_path, 'tokenizer')
+    demo.run_stage('tokenizer', str(tmp_path), 1.0)  # would train for minutes if not skipped
+    assert 'tokenizer: already finished' in capsys.readouterr().out
+
+
+def test_a_finished_stage_from_another_config_is_refused(tmp_path):
+    def old_bottleneck(config):
+        config.tokenizer.num_latents = 16
+
+    _finish(tmp_path, 'tokenizer', old_bottleneck)
+    with pytest.raises(ConfigError) as err:
+        demo.run_stage('tokenizer', str(tmp_path), 1.0)
+    message = str(err.value)
+    assert 'tokenizer.num_latents: checkpoint 16 vs now 64' in message
+    assert 'Delete' in message and 'another --workdir' in message
+
+
+def test_moved_workdirs_do_not_count_as_a_config_change(tmp_path, capsys):
+    def elsewhere(config):
+        config.dynamics.tokenizer_workdir = '/somewhere/else/tokenizer'
+
+    _finish(tmp_path, 'dynamics', elsewhere)
+    demo.run_stage('dynamics', str(tmp_path), 1.0)
+    assert 'dynamics: already finished' in capsys.readouterr().out
