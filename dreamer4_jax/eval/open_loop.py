@@ -146,6 +146,29 @@ class OpenLoopEvaluator:
         pix = self.decode(tokenizer_params, jnp.concatenate([z_ctx_BTNC, last], axis=1))
         return pix[:, z_ctx_BTNC.shape[1] :]
 
+    def score_future(self, tokenizer_params, real, z, gen, gen_pix, context: int) -> dict:
+        """Host copies of every per-horizon score of generated futures against the real ones
+        (`_scores`), the reconstruction and copy baselines computed here.
+
+        real [B, T, H, W, C] and z [B, T, N, C] hold the context and the real future (T =
+        context + horizon); gen [B, horizon, N, C] and gen_pix [B, horizon, ...] are the rollout.
+        """
+        horizon = gen.shape[1]
+        recon = self.decode(tokenizer_params, z)
+        copy_latent = self.decode_static(tokenizer_params, z[:, :context], horizon)
+        return jax.device_get(
+            self.scores(
+                gen_pix,
+                real[:, context:],
+                real[:, context - 1],
+                recon[:, context:],
+                copy_latent,
+                gen,
+                z[:, context:],
+                z[:, context - 1],
+            )
+        )
+
     def __call__(
         self,
         params: Any,
@@ -184,22 +207,8 @@ class OpenLoopEvaluator:
             return gen, pix
 
         gen, pix = future(acts, has, rng)
-        target = real[:, context:]
         gen_pix = pix[:, context:]
-        recon = self.decode(tokenizer_params, z)
-        copy_latent = self.decode_static(tokenizer_params, z_ctx, horizon)
-        s = jax.device_get(
-            self.scores(
-                gen_pix,
-                target,
-                real[:, context - 1],
-                recon[:, context:],
-                copy_latent,
-                gen,
-                z[:, context:],
-                z_ctx[:, -1],
-            )
-        )
+        s = self.score_future(tokenizer_params, real, z, gen, gen_pix, context)
         out = {k: float(v.mean()) for k, v in s.items()}
         for k, v in s.items():  # and per horizon step: psnr_h01, latent_mse_copy_h03, ...
             out.update({f'{k}_h{h + 1:02d}': float(v[h]) for h in range(horizon)})
@@ -214,7 +223,9 @@ class OpenLoopEvaluator:
         out['noise_mse'] = float(jnp.mean((pix_noise - pix)[:, context:] ** 2))
 
         if video_path is not None and jax.process_index() == 0:
-            shown = jnp.concatenate([recon[:, :context], gen_pix], axis=1)
+            # The context as the tokenizer sees it (the decoder is causal: equal to the first
+            # frames of a decode of the whole window).
+            shown = jnp.concatenate([self.decode(tokenizer_params, z_ctx), gen_pix], axis=1)
             frames = side_by_side(np.asarray(real), np.asarray(shown), context, num_videos)
             image_io.save_video(video_path, frames, fps=4, scale=2)
         return out

@@ -92,21 +92,8 @@ def open_loop(loaded: LoadedRun, batch: dict, context: int, horizon: int, seed: 
     )
     # The decoder is causal in time: decode the generated latents after the real context.
     pix = ev.decode(loaded.tokenizer_params, jnp.concatenate([z[:, :context], gen], axis=1))
-    recon = ev.decode(loaded.tokenizer_params, z)
     target, gen_pix = real[:, context:], pix[:, context:]
-    copy_latent = ev.decode_static(loaded.tokenizer_params, z[:, :context], horizon)
-    s = jax.device_get(
-        ev.scores(
-            gen_pix,
-            target,
-            real[:, context - 1],
-            recon[:, context:],
-            copy_latent,
-            gen,
-            z[:, context:],
-            z[:, context - 1],
-        )
-    )
+    s = ev.score_future(loaded.tokenizer_params, real, z, gen, gen_pix, context)
     return OpenLoopResult(
         np.asarray(target),
         np.asarray(gen_pix),
