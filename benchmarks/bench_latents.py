@@ -40,7 +40,7 @@ def _config(variant: str, root: str, data_dir: str):
     return config
 
 
-def _save_random_run(config, workdir: str) -> None:
+def save_random_run(config, workdir: str) -> None:
     """A checkpoint of `config`'s phase with random weights (EMA = weights where kept)."""
     run = pretrained.abstract(config, pretrained.saved_config, workdir)
     params = jax.tree.map(
@@ -104,8 +104,8 @@ def run(quick: bool = False, steps: int | None = None, rounds: int = 3, data_dir
             cfg.eval_fraction = 1 / (n + 1)
             build_synthetic_dataset(cfg, lengths=(length,) * (n + 1))
         tok_cfg, dyn_cfg = _config('tokenizer', root, data_dir), _config('dynamics', root, data_dir)
-        _save_random_run(tok_cfg, dyn_cfg.dynamics.tokenizer_workdir)
-        _save_random_run(dyn_cfg, dyn_cfg.agent.dynamics_workdir)
+        save_random_run(tok_cfg, dyn_cfg.dynamics.tokenizer_workdir)
+        save_random_run(dyn_cfg, dyn_cfg.agent.dynamics_workdir)
         for variant in ('dynamics', 'agent'):
             runners = {}
             for mode in MODES:

@@ -1,0 +1,140 @@
+"""benchmarks/latent_predictability.py: the regressor bar for the dynamics model (README 1b)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import latent_predictability as lp
+from benchmarks.bench_latents import save_random_run
+from dreamer4_jax import config_checks
+from dreamer4_jax.actions import ActionComponent
+from dreamer4_jax.data.synthetic import build_synthetic_dataset
+
+
+def test_action_features_one_hot_and_zero_where_unlabeled():
+    comps = (
+        ActionComponent('key', 'categorical', 3),
+        ActionComponent('stick', 'continuous', 2),
+    )
+    actions = {
+        'key': np.array([2, 0, -1]),
+        'stick': np.array([[0.5, -1.0], [1.0, 2.0], [np.nan] * 2]),
+    }
+    feats = lp.action_features(actions, np.array([True, True, False]), comps)
+    np.testing.assert_array_equal(
+        feats, [[0, 0, 1, 0.5, -1.0], [1, 0, 0, 1.0, 2.0], [0, 0, 0, 0, 0]]
+    )
+
+
+def test_next_frame_pairs_stay_inside_episodes_and_need_an_action():
+    episode = np.array([0, 0, 0, 1, 1, 2])
+    has = np.array([True, False, False, True, False, True])  # last frames carry no action
+    np.testing.assert_array_equal(lp.next_frame_pairs(episode, has), [0, 3])
+
+
+def test_regressor_uses_the_action_when_it_decides_the_next_latent():
+    """z_{t+1} is z_t rolled over its latents by the action (-1, 0, +1): only the regressor that
+    reads the action can predict it; without it the best is an average of the three rolls."""
+    rng = np.random.default_rng(0)
+    r = 2048
+    z = rng.uniform(-1, 1, (r, 4, 2)).astype(np.float32)
+    a = rng.integers(0, 3, r)
+    # Records laid out as (z, its successor) neighbours: pair t reads record t and t + 1.
+    records = np.empty((2 * r, 4, 2), np.float32)
+    records[0::2] = z
+    records[1::2] = np.stack([np.roll(z[i], a[i] - 1, axis=0) for i in range(r)])
+    feats = np.zeros((2 * r, 3), np.float32)
+    feats[0::2] = np.eye(3, dtype=np.float32)[a]
+    pairs = 2 * np.arange(r)
+    train, held = pairs[:-256], pairs[-256:]
+    errors = {}
+    for name, f in (('with', feats), ('without', None)):
+        predict = lp.fit_next_latent(
+            records,
+            f,
+            train,
+            steps=600,
+            hidden=64,
+            batch=128,
+            learning_rate=3e-3,
+            seed=0,
+            log=lambda _: None,
+        )
+        pred = predict(records[held], None if f is None else f[held])
+        errors[name] = float(np.mean((pred - records[held + 1]) ** 2))
+    copy = float(np.mean((records[held] - records[held + 1]) ** 2))
+    assert errors['with'] < 0.25 * errors['without'], errors
+    assert errors['without'] < copy, (errors, copy)
+
+
+def test_run_reports_every_baseline_on_the_eval_split(tmp_path):
+    settings = [
+        f'data.dir={tmp_path}/data',
+        'data.name=lp',
+        'tokenizer.encoder.depth=1',
+        'tokenizer.decoder.depth=1',
+        'tokenizer.encoder.time_every=0',
+        'tokenizer.decoder.time_every=0',
+    ]
+    config = config_checks.load_config(
+        'experiments/craftax_tiny.py:tokenizer,' + ','.join(settings)
+    )
+    build_synthetic_dataset(config.data, lengths=(8,) * 10)
+    save_random_run(config, str(tmp_path / 'tok'))
+    result = lp.run(
+        str(tmp_path / 'tok'), config.data, steps=20, hidden=16, batch=8, log=lambda _: None
+    )
+    # Synthetic episodes: every frame but the last of an episode has an action.
+    train_steps, eval_steps = result['pairs']
+    assert train_steps + eval_steps == 10 * 7 and eval_steps > 0
+    for key in ('copy_last', 'copy_latent', 'recon', 'mlp_no_actions', 'mlp_actions'):
+        assert np.isfinite(result[f'psnr_{key}']), result
+    # The regressors start as copy-latent (zero last layer), so a few steps stay near it.
+    assert abs(result['latent_mse_mlp_no_actions'] - result['latent_mse_copy']) < 0.05
+    assert jnp.isfinite(result['latent_mse_mlp_actions'])
+
+
+def test_flow_objective_predicts_from_noise_and_rejects_unknown_objectives():
+    """The dynamics objective on the same roll task: read at tau = 0 from pure noise, the
+    action-reading MLP still predicts the rolled latent far better than the one without."""
+    rng = np.random.default_rng(1)
+    r = 2048
+    z = rng.uniform(-1, 1, (r, 4, 2)).astype(np.float32)
+    a = rng.integers(0, 3, r)
+    records = np.empty((2 * r, 4, 2), np.float32)
+    records[0::2] = z
+    records[1::2] = np.stack([np.roll(z[i], a[i] - 1, axis=0) for i in range(r)])
+    feats = np.zeros((2 * r, 3), np.float32)
+    feats[0::2] = np.eye(3, dtype=np.float32)[a]
+    pairs = 2 * np.arange(r)
+    train, held = pairs[:-256], pairs[-256:]
+    errors = {}
+    for name, f in (('with', feats), ('without', None)):
+        predict = lp.fit_next_latent(
+            records,
+            f,
+            train,
+            steps=800,
+            hidden=64,
+            batch=128,
+            learning_rate=3e-3,
+            seed=0,
+            objective='flow',
+            residual=False,
+            log=lambda _: None,
+        )
+        pred = predict(records[held], None if f is None else f[held])
+        errors[name] = float(np.mean((pred - records[held + 1]) ** 2))
+    assert errors['with'] < 0.5 * errors['without'], errors
+    with pytest.raises(ValueError, match='objective'):
+        lp.fit_next_latent(
+            records,
+            None,
+            train,
+            steps=1,
+            hidden=4,
+            batch=2,
+            learning_rate=1e-3,
+            seed=0,
+            objective='diffusion',
+        )
