@@ -252,3 +252,25 @@ def test_held_out_metrics_per_group_match_the_overall_ones_on_their_rows(pretrai
     actions = np.asarray(batch['action']['discrete'][0])
     expected = np.bincount(actions).max() / T
     np.testing.assert_allclose(out['majority_accuracy_offset0/row0'], expected, rtol=1e-6)
+    # The built-in group: rows 0 and 2 unlock an achievement (_batch), so they are 'relevant'
+    # and the majority over their 2 T actions is counted by hand.
+    assert int(out['windows/relevant']) == 2
+    actions = np.asarray(batch['action']['discrete'])[[0, 2]].ravel()
+    expected = np.bincount(actions).max() / (2 * T)
+    np.testing.assert_allclose(out['majority_accuracy_offset0/relevant'], expected, rtol=1e-6)
+    # Its BC accuracy is the mean of the per-row accuracies of rows 0 and 2 (equal lengths).
+    rows = {
+        r: agent_phase.held_out_metrics(
+            wm,
+            Tokenizer(tok[1]),
+            new.params,
+            tok[0],
+            batch,
+            jax.random.key(0),
+            {'one': np.arange(B) == r},
+        )['bc_accuracy_offset0/one']
+        for r in (0, 2)
+    }
+    np.testing.assert_allclose(
+        out['bc_accuracy_offset0/relevant'], (rows[0] + rows[2]) / 2, rtol=1e-5
+    )

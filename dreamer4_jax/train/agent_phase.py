@@ -141,11 +141,15 @@ def held_out_metrics(
     is the first event in it (random if none), so the reward head is scored on real events.
 
     `groups` (name -> bool [B] rows, e.g. the policy that recorded each window's episode) adds
-    BC accuracy and its majority baseline per group: `bc_accuracy_offset0/<name>`.
+    BC accuracy and its majority baseline per group: `bc_accuracy_offset0/<name>`. The group
+    'relevant' is always added: the windows in which an achievement unlocks, prompted with it,
+    the kind of window BC trains on (PAPER 9.3); the other windows get a random task, so the
+    accuracy over all windows also scores the policy under prompts it never learned to follow.
     """
     batch = {k: v for k, v in batch.items() if k not in ('task_id', 'relevant')}
     k_task, k_noise = jax.random.split(rng)
-    task_B, _ = row_tasks(batch, wm.heads.config.num_tasks, k_task)
+    task_B, relevant_B = row_tasks(batch, wm.heads.config.num_tasks, k_task)
+    groups = {**(groups or {}), 'relevant': relevant_B}
     z = world_model.encode_frames(tok_model, tok_params, batch['image'])
     b, t = z.shape[:2]
     acts, has = align_actions(batch['action'], batch['has_action'], batch['is_first'])
@@ -169,7 +173,7 @@ def held_out_metrics(
         'majority_accuracy_offset0': batch_majority_accuracy(batch),
         'reward_abs_err_offset0': logs['agent/reward_abs_err_offset0'],
     }
-    for name, rows_B in (groups or {}).items():
+    for name, rows_B in groups.items():
         _, group_logs = agent_loss_terms(
             heads.dist, heads.config.reward_dist, policy, reward, batch, task_B, rows_B, every
         )
