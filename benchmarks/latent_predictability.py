@@ -2,7 +2,7 @@
 
   python -m benchmarks.latent_predictability --tokenizer_workdir=runs/demo/tokenizer \
       [--experiment=experiments/craftax_tiny.py] [--steps=3000] [--hidden=1024] \
-      [--objective=flow [--no_ramp]] [--no_residual]
+      [--objective=flow [--no_ramp] [--flow_variant=plain]] [--no_residual]
 
 A finished tokenizer's latents of the experiment's dataset (the latent cache, encoded once per
 split if missing: dreamer4_jax/data/latent_cache.py) give pairs (z_t, a_t) -> z_{t+1} inside
@@ -16,7 +16,8 @@ tokenizer's reconstruction of frame t+1 (the ceiling).
 `--objective=flow` trains the same MLPs with the dynamics phase's objective instead (x-prediction
 from a noisy z_{t+1} at a random signal level, ramp weight; PAPER 6) and reads their one-step
 prediction from pure noise; `--no_residual` makes the MLP predict z_{t+1} itself, as the dynamics
-model's head does.
+model's head does. `--flow_variant` changes how the MLP reads the noisy latent or forms its output
+(FLOW_VARIANTS), to find which part of the objective loses the actions.
 
 Why: the dynamics model has to beat copy-last (issue: the demo's world model), and a generative
 sampler cannot beat a regressor of the conditional mean in expected PSNR. What a deterministic
@@ -72,6 +73,38 @@ def next_frame_pairs(episode_id: np.ndarray, has_action: np.ndarray) -> np.ndarr
 
 OBJECTIVES = ('regression', 'flow')
 TAU_CHANNELS = 16  # the signal level is fed as this many copies (one input among ~1,000)
+# How the flow MLP reads x_tau = tau z_{t+1} + (1 - tau) noise and forms its prediction.
+FLOW_VARIANTS = {
+    'plain': 'reads x_tau as it is, outputs the prediction (the dynamics model)',
+    'tau_zero': 'trains at tau = 0 only: a regressor with a pure-noise input',
+    'input_scaled': 'reads tau * x_tau (nothing at pure noise, all of x_tau when clean)',
+    'gated_skip': 'outputs tau * x_tau + (1 - tau) * MLP',
+    'preconditioned': 'outputs c_skip(tau) x_tau + c_out(tau) MLP, the linear denoiser for data '
+    'of variance s2 (EDM-style, for the tau interpolation)',
+}
+SKIP_VARIANTS = ('gated_skip', 'preconditioned')
+
+
+def flow_input(variant: str, x_tau, tau):
+    """What the flow MLP reads of x_tau [M, D] at signal levels tau [M]."""
+    return tau[:, None] * x_tau if variant == 'input_scaled' else x_tau
+
+
+def flow_output(variant: str, mlp_out, x_tau, tau, data_var: float):
+    """The prediction of z_{t+1} [M, D] from the MLP's output and x_tau.
+
+    preconditioned: with x_tau = tau z + (1 - tau) n, z of variance s2, the least-squares linear
+    estimate of z is c_skip x_tau with c_skip = tau s2 / (tau^2 s2 + (1 - tau)^2); c_out, the
+    standard deviation of what that estimate leaves, scales the MLP's correction. At tau = 0 the
+    prediction is sqrt(s2) MLP, at tau = 1 it is x_tau.
+    """
+    t = tau[:, None]
+    if variant == 'gated_skip':
+        return t * x_tau + (1.0 - t) * mlp_out
+    if variant == 'preconditioned':
+        den = t * t * data_var + (1.0 - t) ** 2
+        return (t * data_var / den) * x_tau + ((1.0 - t) * jnp.sqrt(data_var / den)) * mlp_out
+    return mlp_out
 
 
 def fit_next_latent(
@@ -87,6 +120,7 @@ def fit_next_latent(
     objective: str = 'regression',
     residual: bool = True,
     ramp: bool = True,
+    flow_variant: str = 'plain',
     log: Callable[[str], None] = print,
 ) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
     """Fits a 2-layer MLP that predicts z_{t+1} from z_t (and a_t) on `pairs`; Adam, cosine decay.
@@ -96,19 +130,30 @@ def fit_next_latent(
     noise and tau ~ U(0, 1), predicts z_{t+1} (x-prediction) with the ramp weight 0.9 tau + 0.1
     (`ramp`), and predicts at tau = 0 from pure noise (one sampling step: its mean prediction).
     residual: the MLP's output is added to z_t (it starts as copy-latent), else it is the
-    prediction itself, as the dynamics model's head is. feats_RA None: no action input.
-    Returns predict(z [M, N, C], feats [M, A] or None) -> [M, N, C].
+    prediction itself, as the dynamics model's head is. flow_variant: FLOW_VARIANTS (flow only;
+    the skip variants form their own output and exclude `residual`). feats_RA None: no action
+    input. Returns predict(z [M, N, C], feats [M, A] or None) -> [M, N, C].
     """
     if objective not in OBJECTIVES:
         raise ValueError(f'objective {objective!r} must be one of {OBJECTIVES}')
+    if flow_variant not in FLOW_VARIANTS:
+        raise ValueError(f'flow_variant {flow_variant!r} must be one of {tuple(FLOW_VARIANTS)}')
+    if flow_variant != 'plain' and objective != 'flow':
+        raise ValueError(f'flow_variant {flow_variant!r} needs objective="flow"')
+    if flow_variant in SKIP_VARIANTS and residual:
+        raise ValueError(f'flow_variant {flow_variant!r} forms its own output: set residual=False')
     flow = objective == 'flow'
     shape = z_RNC.shape[1:]
     d = int(np.prod(shape))
+    data_var = float(np.var(z_RNC))
 
     def inputs(z, f, x_tau, tau):
         parts = [jnp.reshape(z, (z.shape[0], d))]
         if flow:
-            parts += [x_tau, jnp.broadcast_to(tau[:, None], (z.shape[0], TAU_CHANNELS))]
+            parts += [
+                flow_input(flow_variant, x_tau, tau),
+                jnp.broadcast_to(tau[:, None], (z.shape[0], TAU_CHANNELS)),
+            ]
         return jnp.concatenate(parts if f is None else [*parts, f], axis=1)
 
     din = d + (d + TAU_CHANNELS if flow else 0) + (0 if feats_RA is None else feats_RA.shape[1])
@@ -126,7 +171,8 @@ def fit_next_latent(
         x = inputs(z, f, x_tau, tau)
         h = jax.nn.gelu(x @ p['w1'] + p['b1'])
         h = jax.nn.gelu(h @ p['w2'] + p['b2'])
-        out = h @ p['w3'] + p['b3'] + (x[:, :d] if residual else 0.0)
+        out = flow_output(flow_variant, h @ p['w3'] + p['b3'], x_tau, tau, data_var)
+        out = out + (x[:, :d] if residual else 0.0)
         return out.reshape(z.shape[0], *shape)
 
     tx = optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1)))
@@ -137,7 +183,8 @@ def fit_next_latent(
         m = z.shape[0]
         y_flat = jnp.reshape(y, (m, d))
         k_tau, k_noise = jax.random.split(key)
-        tau = jax.random.uniform(k_tau, (m,)) if flow else jnp.zeros((m,))
+        uniform = flow and flow_variant != 'tau_zero'
+        tau = jax.random.uniform(k_tau, (m,)) if uniform else jnp.zeros((m,))
         x_tau = tau[:, None] * y_flat + (1.0 - tau[:, None]) * jax.random.normal(k_noise, (m, d))
         weight = 0.9 * tau + 0.1 if (flow and ramp) else jnp.ones((m,))
 
@@ -199,6 +246,7 @@ def run(
     objective: str = 'regression',
     residual: bool = True,
     ramp: bool = True,
+    flow_variant: str = 'plain',
     log: Callable[[str], None] = print,
 ) -> dict:
     """The table of the module doc as a dict of PSNRs (dB) and latent MSEs on the eval split."""
@@ -260,6 +308,7 @@ def run(
             objective=objective,
             residual=residual,
             ramp=ramp,
+            flow_variant=flow_variant,
             log=log,
         )
         pred = predict(held['z'][t], held['feats'][t] if use_actions else None)
@@ -272,6 +321,7 @@ def run(
         objective=objective,
         residual=residual,
         ramp=ramp,
+        flow_variant=flow_variant,
     )
     return result
 
@@ -296,6 +346,12 @@ def main(argv=None) -> dict:
         '--no_residual', action='store_true', help='predict z_{t+1} itself, not z_{t+1} - z_t'
     )
     parser.add_argument('--no_ramp', action='store_true', help='flow: no ramp weight')
+    parser.add_argument(
+        '--flow_variant',
+        choices=tuple(FLOW_VARIANTS),
+        default='plain',
+        help='flow: ' + '; '.join(f'{k}: {v}' for k, v in FLOW_VARIANTS.items()),
+    )
     args = parser.parse_args(argv)
     config = config_checks.load_config(f'{args.experiment}:dynamics')
     if args.data_dir:
@@ -311,6 +367,7 @@ def main(argv=None) -> dict:
         objective=args.objective,
         residual=not args.no_residual,
         ramp=not args.no_ramp,
+        flow_variant=args.flow_variant,
     )
     for key in ('copy_last', 'copy_latent', 'mlp_no_actions', 'mlp_actions', 'recon'):
         print(f'{key:>16}: {result["psnr_" + key]:6.2f} dB')

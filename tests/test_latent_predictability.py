@@ -110,3 +110,49 @@ def test_flow_objective_predicts_from_noise_and_rejects_unknown_objectives():
             seed=0,
             objective='diffusion',
         )
+
+
+def test_flow_variants_read_and_form_the_prediction_as_documented():
+    x = np.array([[2.0, -1.0], [0.5, 4.0]], np.float32)
+    mlp = np.array([[10.0, 20.0], [30.0, 40.0]], np.float32)
+    tau = np.array([0.0, 1.0], np.float32)
+    # input_scaled reads nothing at pure noise and all of x_tau when clean; plain reads x_tau.
+    np.testing.assert_allclose(lp.flow_input('input_scaled', x, tau), [[0, 0], [0.5, 4.0]])
+    np.testing.assert_allclose(lp.flow_input('plain', x, tau), x)
+    # The skips: at tau = 0 only the MLP (preconditioned: times the data's standard deviation),
+    # at tau = 1 only x_tau.
+    np.testing.assert_allclose(
+        lp.flow_output('gated_skip', mlp, x, tau, 0.25), [[10.0, 20.0], [0.5, 4.0]]
+    )
+    np.testing.assert_allclose(
+        lp.flow_output('preconditioned', mlp, x, tau, 0.25), [[5.0, 10.0], [0.5, 4.0]]
+    )
+    # Halfway, preconditioned with unit data variance: c_skip = 0.5 / 0.5 = 1, c_out = sqrt(0.5).
+    half = np.array([0.5], np.float32)
+    got = lp.flow_output('preconditioned', mlp[:1], x[:1], half, 1.0)
+    np.testing.assert_allclose(got, x[:1] + np.sqrt(0.5) * mlp[:1], rtol=1e-6)
+    np.testing.assert_allclose(lp.flow_output('plain', mlp, x, tau, 1.0), mlp)
+
+
+@pytest.mark.parametrize(
+    ('options', 'match'),
+    [
+        (dict(objective='flow', flow_variant='sideways'), 'flow_variant'),
+        (dict(objective='regression', flow_variant='input_scaled'), 'needs objective'),
+        (dict(objective='flow', flow_variant='gated_skip', residual=True), 'residual=False'),
+    ],
+)
+def test_bad_flow_variants_are_refused(options, match):
+    records = np.zeros((4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match=match):
+        lp.fit_next_latent(
+            records, None, np.array([0, 2]), steps=1, hidden=4, batch=2, learning_rate=1e-3,
+            seed=0, **options,
+        )  # fmt: skip
+
+
+def test_input_scaled_flow_still_learns_the_roll_from_the_action():
+    errors, _ = roll_task_errors(
+        1, steps=800, objective='flow', residual=False, flow_variant='input_scaled'
+    )
+    assert errors['with'] < 0.5 * errors['without'], errors
