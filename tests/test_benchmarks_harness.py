@@ -4,11 +4,10 @@ import json
 
 import jax.numpy as jnp
 import pytest
+from synthetic_tokenizer import one_layer_tokenizer_settings, synthetic_tokenizer_config
 
 from benchmarks import run as bench_run
 from benchmarks import tokenizer_probe
-from dreamer4_jax import config_checks
-from dreamer4_jax.data.synthetic import build_synthetic_dataset
 
 
 def test_harness_writes_peaks_and_derived_mfu(tmp_path, monkeypatch):
@@ -46,18 +45,8 @@ def test_matmul_peak_is_positive_and_finite():
 def test_tokenizer_probe_learns_and_reports_held_out_psnr(tmp_path):
     """The README's tokenizer probes: a small tokenizer on synthetic frames gets better in 100
     steps, and the PSNR it reports is that of the mean MSE over the held-out frames."""
-    settings = [
-        f'data.dir={tmp_path}',
-        'data.name=probe',
-        'tokenizer.encoder.depth=1',
-        'tokenizer.decoder.depth=1',
-        'tokenizer.encoder.time_every=0',
-        'tokenizer.decoder.time_every=0',
-    ]
-    config = config_checks.load_config(
-        'experiments/craftax_tiny.py:tokenizer,' + ','.join(settings)
-    )
-    build_synthetic_dataset(config.data, lengths=(8,) * 6)
+    settings = one_layer_tokenizer_settings(str(tmp_path), 'probe')
+    synthetic_tokenizer_config(settings, episodes=6)
     result = tokenizer_probe.main(
         ['--steps=100', '--frames_per_step=4', '--optimizer=muon']
         + [f'--set={s}' for s in settings]

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from synthetic_tokenizer import one_layer_tokenizer_settings, synthetic_tokenizer_config
 
 from benchmarks import latent_predictability as lp
 from benchmarks.bench_latents import save_random_run
-from dreamer4_jax import config_checks
 from dreamer4_jax.actions import ActionComponent
-from dreamer4_jax.data.synthetic import build_synthetic_dataset
 
 
 def test_action_features_one_hot_and_zero_where_unlabeled():
@@ -66,18 +65,8 @@ def test_regressor_uses_the_action_when_it_decides_the_next_latent():
 
 
 def test_run_reports_every_baseline_on_the_eval_split(tmp_path):
-    settings = [
-        f'data.dir={tmp_path}/data',
-        'data.name=lp',
-        'tokenizer.encoder.depth=1',
-        'tokenizer.decoder.depth=1',
-        'tokenizer.encoder.time_every=0',
-        'tokenizer.decoder.time_every=0',
-    ]
-    config = config_checks.load_config(
-        'experiments/craftax_tiny.py:tokenizer,' + ','.join(settings)
-    )
-    build_synthetic_dataset(config.data, lengths=(8,) * 10)
+    settings = one_layer_tokenizer_settings(f'{tmp_path}/data', 'lp')
+    config = synthetic_tokenizer_config(settings, episodes=10)
     save_random_run(config, str(tmp_path / 'tok'))
     result = lp.run(
         str(tmp_path / 'tok'), config.data, steps=20, hidden=16, batch=8, log=lambda _: None
