@@ -9,7 +9,7 @@ WORKDIR ?= runs/demo
 DEMO_ARGS ?=
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv demo play test lint format bench clean aot-table
+.PHONY: venv demo play test lint format bench clean aot-table offline-wheels
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,20 @@ bench: $(STAMP)
 # Paper-scale phases compiled ahead of time for v5p / v6e pods (README table; minutes each).
 aot-table: $(TPU_STAMP)
 	$(PY) -m benchmarks.aot_table
+
+# Wheels of the packages the paper-scale GPU benchmark imports beyond JAX, Flax, optax and orbax,
+# at this venv's versions, for a GPU machine with JAX but no network (launch/gpu_bench.sh
+# installs them from wheels/). WHEEL_PYTHON: that machine's Python.
+WHEEL_PYTHON ?= 3.12
+OFFLINE_PACKAGES := grain|array.record|ml.collections|portpicker
+offline-wheels: $(STAMP)
+	rm -rf wheels.tmp && mkdir wheels.tmp
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(WHEEL_PYTHON) \
+	    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux2014_x86_64 -d wheels.tmp \
+	    $$($(PY) -m pip freeze | grep -i -E '^($(OFFLINE_PACKAGES))==')
+	rm -rf wheels && mv wheels.tmp wheels
+	ls wheels
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -41,6 +41,7 @@ from benchmarks.bench_tokenizer import tokenizer_flops
 from benchmarks.run import matmul_peak, time_fn
 from dreamer4_jax import generation, world_model
 from dreamer4_jax import model_configs as mc
+from dreamer4_jax.actions import ActionComponent
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.dynamics import Dynamics, init_params
 from dreamer4_jax.nn import forward_flops
@@ -178,6 +179,12 @@ def _compiled(model, steps: int):
     return fill, generation.jit_frame_step(model, sampling)
 
 
+def zero_actions(components, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Valid all-zero actions of leading `shape` for a model's action components."""
+    comps = [ActionComponent(*c) for c in components]
+    return {c.name: np.zeros((*shape, *c.event_shape), c.dtype) for c in comps}
+
+
 def _prefilled(model, params, batch: int, context: int, steps: int):
     """(cache after `context` random frames, the next frame's action, its has_action)."""
     fill, _ = _compiled(model, steps)
@@ -185,9 +192,9 @@ def _prefilled(model, params, batch: int, context: int, steps: int):
     z = jax.random.uniform(
         jax.random.key(1), (batch, context, c.num_latents, c.latent_dim), minval=-1, maxval=1
     )
-    acts = {'discrete': jnp.zeros((batch, context), jnp.int32)}
+    acts = zero_actions(c.actions, (batch, context))
     cache = fill(params, z, acts, jnp.ones((batch, context), bool), jax.random.key(2))
-    return cache, {'discrete': jnp.zeros((batch, 1), jnp.int32)}, jnp.ones((batch, 1), bool)
+    return cache, zero_actions(c.actions, (batch, 1)), jnp.ones((batch, 1), bool)
 
 
 def frame_ms(model, params, batch: int, context: int, steps: int = 4) -> tuple[float, float]:

@@ -46,8 +46,6 @@ The compiled memory, FLOPs and step-time bounds of every variant on v5p pods are
 from dreamer4_jax import model_configs as mc
 from dreamer4_jax.config_settings import accepts_settings
 from dreamer4_jax.configs import base_config
-from dreamer4_jax.data.config import default_data_config
-from dreamer4_jax.data.vpt import MINECRAFT_TASKS
 
 VARIANTS = ('tokenizer', 'dynamics', 'agent', 'imagination')
 
@@ -107,6 +105,11 @@ def paper_dynamics():
 
 @accepts_settings
 def get_config(arg: str | None = None):
+    # Imported here, not at the top: the model shapes above are read by the paper-scale GPU
+    # benchmark on machines that have JAX but not the data stack (tfds, PyAV, Craftax).
+    from dreamer4_jax.data.config import default_data_config
+    from dreamer4_jax.data.vpt import MINECRAFT_TASKS
+
     variant = arg or 'tokenizer'
     if variant not in VARIANTS:
         raise ValueError(
