@@ -4,11 +4,11 @@
       --episodes=128
 
 trains every stage of the demo pipeline (tokenizer, dynamics, agent, bc, imagination) in
-runs/cpu/<stage> and plays 128 real episodes per agent (Table 7 at Craftax scale). Planned for
-about two hours on 2 quiet CPU cores, from the step rates `make demo` measured (tokenizer about
-3 steps/s, dynamics 5, agent 6, imagination 2.5): data 3 min, tokenizer 45, dynamics 15, agent
-and bc 6 each, imagination 10, evaluation 10. Every stage checkpoints every 500 steps, so the
-same command resumes an interrupted run, and the stages can run in pieces.
+runs/cpu/<stage> and plays 128 real episodes per agent (Table 7 at Craftax scale). Measured on 2
+CPU cores with 64 tokenizer latents (README, "A results config for a CPU"): data 3 min, tokenizer
+about 67 (2 steps/s), latent encode 2, dynamics 10, agent 4.5, bc 4, imagination 8, evaluation 6;
+about 105 min in all. Every stage checkpoints every 500 steps, so the same command resumes an
+interrupted run, and the stages can run in pieces.
 
 Model shapes are craftax_tiny's (experiments/craftax_tiny.py, next to this file); this file
 changes only the data (200 episodes of up to 512 steps, four in five from the seeker, which
