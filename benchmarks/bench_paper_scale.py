@@ -1,6 +1,7 @@
 """Paper-scale speed on one accelerator: the 1.6B dynamics step's MFU and batch-1 generation.
 
-Run on a GPU machine (one command; about 5 minutes on one H100, see README "Benchmarks"):
+Run on a GPU machine (one command, see README "Benchmarks"; not yet run on a GPU: the compiles
+and timings should take minutes, and launch/gpu_bench.sh stops it after 8):
   launch/gpu_bench.sh OUT_DIR          (or python -m benchmarks.run --only=paper_scale)
 On a CPU only the reduced shapes run (`--quick`: same code path, tiny widths); without it the
 benchmark reports why it skipped: the paper's model with its AdamW state and EMA needs about
@@ -30,18 +31,22 @@ import json
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from benchmarks.bench_dynamics import step_flops
-from benchmarks.bench_peer_shapes import frame_ms, fresh_frame_ms, zero_actions
-from benchmarks.run import matmul_peak, time_fn
+from benchmarks.bench_peer_shapes import (
+    frame_ms,
+    fresh_frame_ms,
+    gen_setup,
+    phase_runner,
+    zero_actions,
+)
+from benchmarks.run import matmul_peak, time_fn, write_atomic
 from dreamer4_jax import model_configs as mc
 from dreamer4_jax.configs import base_config
-from dreamer4_jax.dynamics import Dynamics, init_params
 from dreamer4_jax.nn import param_count
 from dreamer4_jax.train import dynamics_phase
 from experiments import minecraft_paper
@@ -100,26 +105,17 @@ def train_step(config):
     phase = dynamics_phase.make_phase(config, (None, tok_cfg))
     b, t = int(config.train.batch_size), int(config.data.window_length)
     r = np.random.default_rng(0)
-    data = jax.device_put(
-        {
-            'latents': r.uniform(-1, 1, (b, t, tok_cfg.num_latents, tok_cfg.latent_dim)).astype(
-                np.float32
-            ),
-            'action': zero_actions(model_cfg.actions, (b, t)),
-            'has_action': np.ones((b, t), bool),
-            'is_first': np.zeros((b, t), bool),
-        }
-    )
-    holder = {'state': jax.jit(lambda k: nn.unbox(phase.init(k)))(jax.random.key(1))}
-    step = jax.jit(phase.train_step, donate_argnums=(0,))
-
-    def run():
-        holder['state'], metrics = step(holder['state'], data, jax.random.key(2), {})
-        return metrics['loss/total']
-
+    data = {
+        'latents': r.uniform(-1, 1, (b, t, tok_cfg.num_latents, tok_cfg.latent_dim)).astype(
+            np.float32
+        ),
+        'action': zero_actions(model_cfg.actions, (b, t)),
+        'has_action': np.ones((b, t), bool),
+        'is_first': np.zeros((b, t), bool),
+    }
     t0 = time.perf_counter()
-    loss = float(jax.block_until_ready(run()))
-    log(f'train step compiled and ran in {time.perf_counter() - t0:.0f} s (loss {loss:.3f})')
+    run = phase_runner(phase, data, {})  # compiles and runs one step
+    log(f'train step compiled and ran in {time.perf_counter() - t0:.0f} s')
     flops = step_flops(model_cfg, dynamics_phase.make_plan(config), b, t)
     return run, flops, model_cfg
 
@@ -145,9 +141,8 @@ def train_figures(config, bf16_peak: float) -> dict:
     return out
 
 
-def generation_figures(model_cfg, contexts: tuple[int, ...]) -> dict:
-    model = Dynamics(model_cfg)
-    params = jax.jit(lambda k: nn.unbox(init_params(model, k)))(jax.random.key(0))
+def generation_figures(config, contexts: tuple[int, ...]) -> dict:
+    model, params = gen_setup(config)
     out = {}
     for context in contexts:
         ms = fresh_frame_ms(model, params, context)
@@ -170,12 +165,10 @@ def measure(quick: bool, batch: int = 1, frames: int = 64, train: bool = True, g
         'bf16_matmul_flops': bf16_peak,
     }
     log(f'{out["device_kind"]}: bf16 matmul {bf16_peak / 1e12:.1f} TFLOP/s')
-    tok_cfg = mc.tokenizer_config_from(config.tokenizer)
-    model_cfg = mc.dynamics_config_from(config.dynamics, tok_cfg)
     if train:
         out.update(train_figures(config, bf16_peak))
     if gen:
-        out.update(generation_figures(model_cfg, QUICK_CONTEXTS if quick else PAPER_CONTEXTS))
+        out.update(generation_figures(config, QUICK_CONTEXTS if quick else PAPER_CONTEXTS))
     return out
 
 
@@ -209,8 +202,6 @@ def main(argv=None) -> dict:
     text = json.dumps(out, indent=1, default=float)
     print(text)
     if args.out:
-        from benchmarks.run import write_atomic
-
         write_atomic(args.out, out)
     return out
 

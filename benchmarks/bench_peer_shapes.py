@@ -93,7 +93,7 @@ def _frames(batch: int, frames: int, tok_cfg, with_latents: bool) -> dict:
     return out
 
 
-def _runner(phase, data: dict, consts: dict):
+def phase_runner(phase, data: dict, consts: dict):
     """run() -> loss of one donated, jitted step of `phase` (state carried between calls)."""
     holder = {'state': jax.jit(lambda r: nn.unbox(phase.init(r)))(jax.random.key(1))}
     step = jax.jit(phase.train_step, donate_argnums=(0,))
@@ -115,7 +115,7 @@ def tokenizer_step(config: ml_collections.ConfigDict):
     phase = tokenizer_phase.make_phase(config)
     cfg = mc.tokenizer_config_from(config.tokenizer)
     b, t = int(config.train.batch_size), int(config.data.window_length)
-    run = _runner(phase, _frames(b, t, cfg, False), phase.constants())
+    run = phase_runner(phase, _frames(b, t, cfg, False), phase.constants())
     return run, tokenizer_flops(cfg, b, t), cfg.num_patches + cfg.num_latents
 
 
@@ -135,7 +135,7 @@ def dynamics_step(config: ml_collections.ConfigDict):
         )
     phase = dynamics_phase.make_phase(config, (tok_params, tok_cfg))
     b, t = int(config.train.batch_size), int(config.data.window_length)
-    run = _runner(phase, _frames(b, t, tok_cfg, not on_the_fly), {'tokenizer': tok_params})
+    run = phase_runner(phase, _frames(b, t, tok_cfg, not on_the_fly), {'tokenizer': tok_params})
     model_cfg = mc.dynamics_config_from(config.dynamics, tok_cfg)
     flops = dynamics_step_flops(model_cfg, dynamics_phase.make_plan(config), b, t)
     if on_the_fly:
@@ -165,7 +165,8 @@ def train_figures(name: str, make, config, rounds: int) -> dict:
     }
 
 
-def _gen_setup(config):
+def gen_setup(config):
+    """(Dynamics model, freshly initialized parameters) of `config`'s dynamics shapes."""
     tok_cfg = mc.tokenizer_config_from(config.tokenizer)
     model = Dynamics(mc.dynamics_config_from(config.dynamics, tok_cfg))
     params = jax.jit(lambda r: nn.unbox(init_params(model, r)))(jax.random.key(0))
@@ -271,7 +272,7 @@ def generation_profile_target(model, params, context: int):
 
 def generation_figures(config, quick: bool) -> dict:
     out = {}
-    model, params = _gen_setup(config)
+    model, params = gen_setup(config)
     for context in CONTEXTS if not quick else (1, 63):
         out[f'gen_b1_ctx{context}_ms_per_frame'] = fresh_frame_ms(model, params, context)
     ms, noop = frame_ms(model, params, 1, 63)

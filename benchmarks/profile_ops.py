@@ -169,7 +169,7 @@ def _targets(ps, config):
         return run, run.hlo_text()
 
     def gen():
-        model, params = ps._gen_setup(config)
+        model, params = ps.gen_setup(config)
         return ps.generation_profile_target(model, params, 63)
 
     return {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper-scale speed on one GPU, in one command: the 1.57B dynamics step's MFU against the
 # chip's bf16 peak and batch-1 generation at 256 tokens x 192 frames of context
-# (benchmarks/bench_paper_scale.py; about 5 minutes on one H100 including compiles).
+# (benchmarks/bench_paper_scale.py; not yet run on a GPU, so its time there is not measured).
 #
 #   launch/gpu_bench.sh OUT_DIR [benchmark flags, e.g. --frames=32 --no_gen]
 #
