@@ -3,15 +3,18 @@
 One tiny dataset (4 episodes of at most 40 frames) is collected for the whole module.
 """
 
+import copy
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from craftax.craftax_classic.constants import Achievement, Action, BlockType
 
 from dreamer4_jax.data import build, policies, rollout
-from dreamer4_jax.data.config import default_data_config
+from dreamer4_jax.data.config import collection_settings, default_data_config
 from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES, CraftaxEnv
 
 MAX_STEPS = 40
@@ -186,6 +189,62 @@ def test_seeker_fights_an_adjacent_zombie(seeker_setup):
     assert int(act(zombie, jax.random.PRNGKey(0))) == Action.DOWN.value
     facing = zombie.replace(player_direction=like(state.player_direction, Action.DOWN.value))
     assert int(act(facing, jax.random.PRNGKey(0))) == Action.DO.value
+
+
+def test_view_seeker_acts_only_on_what_its_frame_shows(seeker_setup):
+    """Cells and mobs out of the 7 x 9 view change the plain seeker's moves, not view_seeker's."""
+    state, pos, _ = seeker_setup
+    seen = np.zeros(state.map.shape, bool)
+    seen[pos[0] - 3 : pos[0] + 4, pos[1] - 4 : pos[1] + 5] = True
+    assert int(policies.view_mask().sum()) == 7 * 9 == seen.sum()
+    grass = jnp.where(seen, BlockType.GRASS.value, state.map)
+    quiet = state.replace(map=grass)
+    # Trees everywhere out of view, and a zombie four rows below the player (just out of view).
+    z = state.zombies
+    hidden = quiet.replace(
+        map=jnp.where(seen, grass, BlockType.TREE.value),
+        zombies=z.replace(
+            position=z.position.at[0].set(jnp.asarray([pos[0] + 4, pos[1]])),
+            mask=z.mask.at[0].set(True),
+            health=z.health.at[0].set(5),
+        ),
+    )
+
+    def actions(s, visible_only):
+        fn = jax.jit(
+            lambda s, k: policies.seeker_policy(
+                s, policies.init_policy_state(), k, 0.0, visible_only=visible_only
+            )[0]
+        )
+        return [int(fn(s, jax.random.PRNGKey(i))) for i in range(8)]
+
+    assert actions(hidden, True) == actions(quiet, True)
+    # With nothing in view it explores in a random direction; the plain seeker walks to a tree.
+    assert len(set(actions(quiet, True))) > 1
+    seeker = actions(hidden, False)
+    assert len(set(seeker)) == 1 and seeker != actions(quiet, False)
+    # act() dispatches policy id 2 to the view seeker (same key split as for the others).
+    pid = policies.POLICY_NAMES.index('view_seeker')
+    key = jax.random.PRNGKey(5)
+    a, _ = policies.act(jnp.int32(pid), hidden, policies.init_policy_state(), key,
+                        max_repeat=4, epsilon=0.0, used=(0, 1, 2))  # fmt: skip
+    want, _ = policies.seeker_policy(hidden, policies.init_policy_state(),
+                                     jax.random.split(key)[1], 0.0, visible_only=True)  # fmt: skip
+    assert int(a) == int(want)
+
+
+def test_policy_mix_weight_zero_names_the_same_dataset(cfg):
+    """A mix naming a policy at weight 0 is the mix without it: the built dataset is reused."""
+    same = copy.deepcopy(cfg)
+    same.collect.policy_mix = ml_collections.ConfigDict(
+        {**cfg.collect.policy_mix.to_dict(), 'view_seeker': 0.0}
+    )
+    assert collection_settings(same) == collection_settings(cfg)
+    assert build.ensure_dataset(same, progress=False) == build.ensure_dataset(cfg, progress=False)
+    other = copy.deepcopy(cfg)
+    other.collect.policy_mix = ml_collections.ConfigDict({'random': 0.5, 'view_seeker': 0.5})
+    with pytest.raises(Exception, match='different settings'):
+        build.ensure_dataset(other, progress=False)
 
 
 def test_random_policy_repeats_actions():

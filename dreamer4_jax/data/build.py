@@ -46,6 +46,7 @@ from dreamer4_jax.data.config import (
     collection_settings,
     dataset_path,
     frame_shape,
+    policy_mix_key,
 )
 from dreamer4_jax.data.tfds_builder import Dreamer4Episodes, save_episode
 from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES
@@ -202,7 +203,9 @@ def ensure_dataset(cfg: ml_collections.ConfigDict, *, progress: bool = True) -> 
     path = dataset_path(cfg)
     remove_stale_builds(path)
     if path.is_dir():
-        stored = load_meta(cfg).settings
+        stored = dict(load_meta(cfg).settings)
+        if 'policy_mix' in stored:  # cards written before zero weights were left out
+            stored['policy_mix'] = policy_mix_key(stored['policy_mix'])
         wanted = collection_settings(cfg)
         diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
         if diff:

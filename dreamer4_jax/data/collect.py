@@ -58,7 +58,7 @@ def config_from_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, bo
         p.add_argument(f'--{key}', type=type(cfg.collect[key]), default=cfg.collect[key],
                        help=f'config.data.collect.{key} (default %(default)s)')  # fmt: skip
     p.add_argument('--policy_mix', default='random=0.5,seeker=0.5',
-                   help='comma-separated name=weight over {random, seeker}')  # fmt: skip
+                   help='name=weight pairs over {random, seeker, view_seeker}')  # fmt: skip
     p.add_argument('--vpt_dir', default='', help='recordings folder for --source=vpt')
     p.add_argument('--vpt_lenient', action='store_true',
                    help='cut video and jsonl to the shorter one instead of failing')  # fmt: skip

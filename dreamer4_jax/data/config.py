@@ -141,13 +141,19 @@ def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False
         fail('vpt.cursor_file', f'{cfg.vpt.cursor_file!r} is not a file (a 16x16 RGBA PNG)')
 
 
+def policy_mix_key(mix) -> dict[str, float]:
+    """A policy mix as stored and compared: sorted, policies of weight 0 left out (a mix that
+    names a policy at weight 0 collects the same episodes as one that does not name it)."""
+    return {k: float(v) for k, v in sorted(dict(mix).items()) if float(v) != 0.0}
+
+
 def collection_settings(cfg: ml_collections.ConfigDict) -> dict:
     """The settings a built dataset depends on (stored in its card; a mismatch is an error)."""
     base = {'source': cfg.source, 'image_shape': list(frame_shape(cfg))}
     base['eval_fraction'] = float(cfg.eval_fraction)
     if cfg.source == 'craftax':
         col = cfg.collect.to_dict()
-        col['policy_mix'] = {k: float(v) for k, v in sorted(col['policy_mix'].items())}
+        col['policy_mix'] = policy_mix_key(col['policy_mix'])
         col.pop('chunk_steps')  # speed only
         col.pop('num_envs')
         return {**base, **col}

@@ -11,6 +11,11 @@ The offline data should be worth learning from, like human play is for Minecraft
   way) with a shortest-path field on a local crop, heads towards the nearest wanted block on the
   whole map when none is in the crop, and takes a uniformly random action with probability
   `epsilon` (exploration noise).
+- 'view_seeker': the same seeker restricted to what the frame shows (the 7 x 9 cells of the
+  Craftax-Classic view around the player): it targets, fights and paths around only what is in
+  view, and explores when nothing it wants is visible. The plain seeker reads a 17 x 17 crop and
+  the whole map, so many of its moves head for things no frame shows and cannot be imitated from
+  pixels; the paper's data come from people who see the screen the agent sees (PAPER 11).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from craftax.craftax_classic.constants import Achievement, Action, BlockType
 
 from dreamer4_jax.envs.craftax import NUM_ACTIONS, EnvState
 
-POLICY_NAMES = ('random', 'seeker')
+POLICY_NAMES = ('random', 'seeker', 'view_seeker')
 CROP_RADIUS = 8
+# Craftax-Classic shows OBS_DIM = (7, 9) cells (rows, columns) with the player at the centre.
+VIEW_ROWS, VIEW_COLS = 3, 4  # cells visible above/below and left/right of the player
 PATH_ITERATIONS = 24
 INF = 1_000_000
 
@@ -155,10 +162,26 @@ def _first_of(options, default):
     return take, value
 
 
+def view_mask() -> jax.Array:
+    """bool [L, L]: the crop cells the frame shows (7 rows x 9 columns around the player)."""
+    r = CROP_RADIUS
+    rows, cols = jnp.abs(jnp.arange(2 * r + 1) - r), jnp.abs(jnp.arange(2 * r + 1) - r)
+    return (rows[:, None] <= VIEW_ROWS) & (cols[None, :] <= VIEW_COLS)
+
+
 def seeker_policy(
-    state: EnvState, pstate: PolicyState, key: jax.Array, epsilon: float
+    state: EnvState,
+    pstate: PolicyState,
+    key: jax.Array,
+    epsilon: float,
+    visible_only: bool = False,
 ) -> tuple[jax.Array, PolicyState]:
-    """Scripted achievement seeker with epsilon-uniform exploration noise (see module doc)."""
+    """Scripted achievement seeker with epsilon-uniform exploration noise (see module doc).
+
+    visible_only (static): the 'view_seeker', which knows only the cells its frame shows; cells
+    out of view count as out of bounds (never a target, never on a path), mobs there are unseen,
+    and the whole-map guidance is off, so it explores until something it wants comes into view.
+    """
     k_noise, k_rand, k_dir, k_len = jax.random.split(key, 4)
     r = CROP_RADIUS
     pos, inv, ach = state.player_position, state.inventory, state.achievements
@@ -166,6 +189,10 @@ def seeker_policy(
     cows_LL = _mob_crop(state.cows, pos)
     enemies_LL = _mob_crop(state.zombies, pos) | _mob_crop(state.skeletons, pos)
     mobs_LL = _crop(state.mob_map, pos, False) | cows_LL | enemies_LL
+    if visible_only:
+        seen = view_mask()
+        block_LL = jnp.where(seen, block_LL, _B.OUT_OF_BOUNDS.value)
+        cows_LL, enemies_LL, mobs_LL = cows_LL & seen, enemies_LL & seen, mobs_LL & seen
 
     nbr = _OFFSETS + r  # the four neighbours in crop coordinates
     nbr_block = block_LL[nbr[:, 0], nbr[:, 1]]
@@ -227,7 +254,7 @@ def seeker_policy(
     dist_MM = jnp.abs(rows[:, None] - pos[0]) + jnp.abs(cols[None, :] - pos[1])
     flat = jnp.argmin(jnp.where(target_MM, dist_MM, INF))
     far_target = jnp.stack([flat // state.map.shape[1], flat % state.map.shape[1]])
-    has_far = jnp.any(target_MM)
+    has_far = jnp.any(target_MM) & (not visible_only)
     lr, lc = jnp.arange(2 * r + 1), jnp.arange(2 * r + 1)
     to_far = jnp.abs(lr[:, None] + pos[0] - r - far_target[0]) + jnp.abs(
         lc[None, :] + pos[1] - r - far_target[1]
@@ -270,16 +297,19 @@ def act(
     used: tuple[int, ...] = (0, 1),
 ) -> tuple[jax.Array, PolicyState]:
     """Action of policy POLICY_NAMES[policy_id]. Every policy in `used` (static ids) is computed
-    and the id selects, so a single-policy dataset skips the other's compute."""
+    and the id selects, so a single-policy dataset skips the others' compute."""
     k1, k2 = jax.random.split(key)
-    if used == (0,):
-        a, pstate = random_policy(pstate, k1, max_repeat)
-        return a.astype(jnp.int32), pstate
-    if used == (1,):
-        a, pstate = seeker_policy(state, pstate, k2, epsilon)
-        return a.astype(jnp.int32), pstate
-    a_rand, p_rand = random_policy(pstate, k1, max_repeat)
-    a_seek, p_seek = seeker_policy(state, pstate, k2, epsilon)
-    is_random = policy_id == POLICY_NAMES.index('random')
-    pstate = jax.tree.map(lambda a, b: jnp.where(is_random, a, b), p_rand, p_seek)
-    return jnp.where(is_random, a_rand, a_seek).astype(jnp.int32), pstate
+
+    def run(i):
+        name = POLICY_NAMES[i]
+        if name == 'random':
+            return random_policy(pstate, k1, max_repeat)
+        return seeker_policy(state, pstate, k2, epsilon, visible_only=name == 'view_seeker')
+
+    outs = [run(i) for i in used]
+    action, new_pstate = outs[0]
+    for i, (a, p) in zip(used[1:], outs[1:], strict=True):
+        mine = policy_id == i
+        action = jnp.where(mine, a, action)
+        new_pstate = jax.tree.map(lambda x, y, m=mine: jnp.where(m, x, y), p, new_pstate)
+    return action.astype(jnp.int32), new_pstate
