@@ -44,6 +44,7 @@ from dreamer4_jax import model_configs as mc
 from dreamer4_jax.actions import ActionComponent
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.dynamics import Dynamics, init_params
+from dreamer4_jax.jaxpr_flops import function_flops
 from dreamer4_jax.nn import forward_flops
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import dynamics_phase, tokenizer_phase
@@ -270,6 +271,58 @@ def generation_profile_target(model, params, context: int):
     return fn, text
 
 
+def frame_gflop(model, params, context: int = 63, steps: int = 4) -> float:
+    """Matmul GFLOP of one batch-1 frame (K denoising passes + the commit) after `context`."""
+    sampling = generation.SamplingConfig(num_steps=steps)
+    cache, act, has = _prefilled(model, params, 1, context, steps)
+    count = function_flops(
+        functools.partial(generation.frame_step, model, sampling=sampling),
+        params, cache, act, has, jax.random.key(3),
+    )  # fmt: skip
+    if count.loops:
+        raise RuntimeError('frame_gflop: a while loop of unknown trip count was counted once')
+    return count.flops / 1e9
+
+
+def rows_matmul_gflops(rows: int, width: int, hidden: int, chain: int = 200) -> float:
+    """GFLOP/s of the frame's largest matmuls at the frame's row count, measured here and now.
+
+    A chain of `chain` SwiGLU-shaped products, [rows, width] x [width, 2 hidden] then
+    [rows, hidden] x [hidden, width], each feeding the next (so nothing overlaps), in one call:
+    what XLA:CPU's matmuls reach on a batch-1 frame's shapes with no dispatch between them.
+    """
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, (rows, width), jnp.float32)
+    w_up = jax.random.normal(k2, (width, 2 * hidden), jnp.float32) / np.sqrt(width)
+    w_down = jax.random.normal(k3, (hidden, width), jnp.float32) / np.sqrt(hidden)
+
+    @jax.jit
+    def run(x, w_up, w_down):
+        def body(_, x):
+            h = x @ w_up
+            return (jnp.tanh(h[:, :hidden]) * h[:, hidden:]) @ w_down
+
+        return jax.lax.fori_loop(0, chain, body, x)
+
+    flops = chain * (2 * rows * width * 2 * hidden + 2 * rows * hidden * width)
+    return flops / time_fn(run, x, w_up, w_down) / 1e9
+
+
+def matmul_floor_figures(model, params) -> dict:
+    """The batch-1 frame's FLOPs over the same-run speed of matmuls of its row count: the time a
+    frame cannot go below on this CPU even with every non-matmul op and dispatch free."""
+    c = model.config
+    rows = c.layout().num_tokens
+    gflop = frame_gflop(model, params)
+    speed = rows_matmul_gflops(rows, c.transformer.width, c.transformer.mlp_dim)
+    return {
+        'gen_b1_frame_gflop': gflop,
+        'gen_b1_rows': rows,
+        'gen_b1_rows_matmul_gflops': speed,
+        'gen_b1_matmul_floor_ms': 1e3 * gflop / speed,
+    }
+
+
 def generation_figures(config, quick: bool) -> dict:
     out = {}
     model, params = gen_setup(config)
@@ -282,6 +335,7 @@ def generation_figures(config, quick: bool) -> dict:
     ms16, _ = frame_ms(model, params, 16, 63)
     out['gen_b16_steady_ms_per_frame'] = ms16
     out['gen_b16_frames_per_sec'] = 16 * 1e3 / ms16
+    out.update(matmul_floor_figures(model, params))
     return out
 
 
