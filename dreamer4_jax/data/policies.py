@@ -164,9 +164,8 @@ def _first_of(options, default):
 
 def view_mask() -> jax.Array:
     """bool [L, L]: the crop cells the frame shows (7 rows x 9 columns around the player)."""
-    r = CROP_RADIUS
-    rows, cols = jnp.abs(jnp.arange(2 * r + 1) - r), jnp.abs(jnp.arange(2 * r + 1) - r)
-    return (rows[:, None] <= VIEW_ROWS) & (cols[None, :] <= VIEW_COLS)
+    off = jnp.abs(jnp.arange(2 * CROP_RADIUS + 1) - CROP_RADIUS)  # distance from the player
+    return (off[:, None] <= VIEW_ROWS) & (off[None, :] <= VIEW_COLS)
 
 
 def seeker_policy(
