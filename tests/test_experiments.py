@@ -64,7 +64,7 @@ def test_unknown_variant_is_a_clear_error():
 
 
 @pytest.mark.parametrize(
-    'name', ['craftax_tiny', 'craftax_cpu', 'craftax_small', 'minecraft_paper']
+    'name', ['craftax_tiny', 'craftax_cpu', 'craftax_tiny_view', 'craftax_small', 'minecraft_paper']
 )
 def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
     """Later phases encode longer windows than the tokenizer trained on: its time window must
@@ -90,3 +90,21 @@ def test_craftax_cpu_is_craftax_tiny_with_more_data_and_steps():
     assert cpu.get_config('imagination').closed_loop.episodes >= 128
     # Settings after the variant reach it too (the figures command passes them).
     assert cpu.get_config('dynamics,dynamics.ramp=False').dynamics.ramp is False
+
+
+def test_craftax_tiny_view_changes_only_the_behavior_policy_of_the_data():
+    tiny, view = (
+        importlib.import_module(f'experiments.{n}') for n in ('craftax_tiny', 'craftax_tiny_view')
+    )
+    for variant in tiny.VARIANTS:
+        t, v = tiny.get_config(variant).to_dict(), view.get_config(variant).to_dict()
+        tv, vv = t.pop('data'), v.pop('data')
+        assert t == v, variant
+        assert vv['name'] != tv['name'] and vv['collect'].pop('policy_mix') == {
+            'random': 0.25,
+            'view_seeker': 0.75,
+        }
+        tv['collect'].pop('policy_mix')
+        assert {k: x for k, x in vv.items() if k != 'name'} == {
+            k: x for k, x in tv.items() if k != 'name'
+        }
