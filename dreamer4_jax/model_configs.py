@@ -129,6 +129,8 @@ def dynamics_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.ramp = True  # False = no ramp weight
     c.shortcut = True  # False = plain diffusion forcing (every frame d_min, no bootstrap)
     c.bootstrap_fraction = ml_collections.config_dict.placeholder(float)  # None: Eq. 4 as is
+    # 'last_frame': a next-frame regressor probe outside the paper (shortcut.ShortcutConfig).
+    c.noise_levels = 'diffusion_forcing'
     c.teacher_rows = 0.25  # share of rows with bootstrap frames (teacher passes run on them)
     c.rms_beta = 0.95  # PAPER 6.6 [R]
     # Training tricks (PAPER 6.5, 8).
@@ -197,6 +199,7 @@ def shortcut_config_from(cd: ml_collections.ConfigDict):
             ramp=bool(cd.ramp),
             shortcut=bool(cd.shortcut),
             bootstrap_fraction=cd.bootstrap_fraction,
+            noise_levels=str(cd.get('noise_levels', 'diffusion_forcing')),
         )
     except ValueError as e:
         raise ConfigError(f'config.dynamics: {e}') from e

@@ -25,6 +25,9 @@ Array = jax.Array
 Predict = Callable[[Array, Array, Array], Any]
 
 
+NOISE_LEVELS = ('diffusion_forcing', 'last_frame')
+
+
 def _log2_exact(k: int, what: str) -> int:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 or k & (k - 1):
         raise ValueError(f'{what} must be a power of two >= 1 (1, 2, 4, ...), got {k!r}.')
@@ -44,6 +47,11 @@ class ShortcutConfig:
       makes a frame (or a row, with per_row) a bootstrap frame with probability p, k uniform over
       {1, ..., k_max/2}, and a flow frame (d = d_min) otherwise. PAPER 6.4 [U]: about 1/4.
     eps: floor for 1 - tau in divisions (tau never reaches 1 in training; this is a guard).
+    noise_levels: 'diffusion_forcing' (PAPER 6.1: every frame its own signal level) or
+      'last_frame', a probe outside the paper: every frame but the last of each window at signal
+      1 - d_min and the last from pure noise (tau = 0), d = d_min everywhere, so the model trains
+      as a next-frame regressor from nearly clean context (needs shortcut=False; sample it with
+      one step, which then shows d_min).
     """
 
     k_max: int = 64
@@ -54,6 +62,7 @@ class ShortcutConfig:
     bootstrap_fraction: float | None = None
     per_row: bool = False
     eps: float = 1e-5
+    noise_levels: str = 'diffusion_forcing'
 
     def __post_init__(self) -> None:
         _log2_exact(self.k_max, 'ShortcutConfig.k_max')
@@ -65,6 +74,15 @@ class ShortcutConfig:
         if self.bootstrap_fraction is not None and not 0.0 <= self.bootstrap_fraction <= 1.0:
             raise ValueError(
                 f'bootstrap_fraction must be in [0, 1] or None, got {self.bootstrap_fraction}.'
+            )
+        if self.noise_levels not in NOISE_LEVELS:
+            raise ValueError(
+                f'noise_levels must be one of {NOISE_LEVELS}, got {self.noise_levels!r}.'
+            )
+        if self.noise_levels == 'last_frame' and self.shortcut:
+            raise ValueError(
+                "noise_levels='last_frame' trains every frame at d_min: set shortcut=False "
+                '(bootstrap targets need larger steps).'
             )
 
 
@@ -103,7 +121,13 @@ def sample_tau_d(
 def sample_training_tau_d(
     rng: Array, shape: Sequence[int], cfg: ShortcutConfig
 ) -> tuple[Array, Array]:
-    """`sample_tau_d` with the config's switches (diffusion forcing = every frame d_min)."""
+    """`sample_tau_d` with the config's switches (diffusion forcing = every frame d_min), or
+    the 'last_frame' levels: [B, T] with the last frame at tau = 0, the others at 1 - d_min."""
+    if cfg.noise_levels == 'last_frame':
+        d_min = 1.0 / cfg.k_max
+        last = jnp.arange(shape[-1]) == shape[-1] - 1
+        tau = jnp.broadcast_to(jnp.where(last, 0.0, 1.0 - d_min), tuple(shape))
+        return tau.astype(jnp.float32), jnp.full(tuple(shape), d_min, jnp.float32)
     frac = cfg.bootstrap_fraction if cfg.shortcut else 0.0
     return sample_tau_d(rng, shape, cfg.k_max, bootstrap_fraction=frac, per_row=cfg.per_row)
 

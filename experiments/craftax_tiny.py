@@ -39,6 +39,15 @@ SETTINGS = {
     'objective': {  # PAPER 12.3: plain diffusion forcing samples with K = k_max = 64 steps
         'diffusion': {'dynamics.shortcut': False, 'dynamics.sampling_steps': 64},
         'shortcut': {'dynamics.shortcut': True, 'dynamics.sampling_steps': 4},
+        # A probe outside the paper: a next-frame regressor from nearly clean context, read in
+        # one pass (README, phase 1b: the actions are not read this way either).
+        'regressor': {
+            'dynamics.noise_levels': 'last_frame',
+            'dynamics.shortcut': False,
+            'dynamics.sampling_steps': 1,
+            'dynamics.ramp': False,
+            'dynamics.independent_fraction': 0.0,
+        },
     },
     'labels': 'data.label_fraction',
     'steps': 'train.steps',

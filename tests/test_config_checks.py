@@ -131,7 +131,8 @@ def test_settings_after_the_variant_set_fields_with_their_types():
         ('nope=1', "unknown config setting 'nope': neither a short setting of this experiment "
                    '(labels, objective, steps) nor a field'),
         ('dynamics.rampp=False', "'rampp' does not exist under dynamics. Fields there:"),
-        ('objective=flow', 'objective=flow: unknown choice; choose one of diffusion, shortcut'),
+        ('objective=flow',
+         'objective=flow: unknown choice; choose one of diffusion, regressor, shortcut'),
         ('dynamics.ramp=maybe', 'dynamics.ramp=maybe: expected a bool'),
         ('train.steps=1.5', 'train.steps=1.5: expected an int'),
         ('dynamics.transformer=3', "'dynamics.transformer' is a sub-config"),

@@ -10,7 +10,11 @@ import pytest
 
 from dreamer4_jax import config_checks
 from dreamer4_jax.dynamics import Dynamics, init_params
-from dreamer4_jax.model_configs import dynamics_config_from, tokenizer_config_from
+from dreamer4_jax.model_configs import (
+    dynamics_config_from,
+    shortcut_config_from,
+    tokenizer_config_from,
+)
 from dreamer4_jax.tokenizer import Tokenizer
 from experiments import minecraft_paper
 
@@ -108,3 +112,15 @@ def test_craftax_tiny_view_changes_only_the_behavior_policy_of_the_data():
         assert {k: x for k, x in vv.items() if k != 'name'} == {
             k: x for k, x in tv.items() if k != 'name'
         }
+
+
+def test_regressor_objective_setting_builds_a_valid_objective():
+    """`craftax_tiny.py:dynamics,objective=regressor` is a consistent probe config."""
+    tiny = importlib.import_module('experiments.craftax_tiny')
+    c = tiny.get_config('dynamics,objective=regressor')
+    obj = shortcut_config_from(c.dynamics)
+    assert (obj.noise_levels, obj.shortcut, obj.ramp) == ('last_frame', False, False)
+    assert c.dynamics.sampling_steps == 1 and c.dynamics.independent_fraction == 0.0
+    assert shortcut_config_from(tiny.get_config('dynamics').dynamics).noise_levels == (
+        'diffusion_forcing'
+    )

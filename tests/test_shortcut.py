@@ -79,6 +79,22 @@ def test_bad_k_max_and_config():
         ShortcutConfig(bootstrap_fraction=1.5)
 
 
+def test_last_frame_noise_levels_make_a_next_frame_regressor():
+    """'last_frame' (a probe outside the paper): clean-ish context, the last frame from noise."""
+    cfg = ShortcutConfig(k_max=K_MAX, shortcut=False, noise_levels='last_frame')
+    tau, d = sample_training_tau_d(jax.random.key(0), (3, 5), cfg)
+    expected = np.tile([1 - 1 / K_MAX] * 4 + [0.0], (3, 1))
+    np.testing.assert_array_equal(np.asarray(tau), expected)
+    np.testing.assert_array_equal(np.asarray(d), np.full((3, 5), 1 / K_MAX))
+    with pytest.raises(ValueError, match='shortcut=False'):
+        ShortcutConfig(noise_levels='last_frame')
+    with pytest.raises(ValueError, match='noise_levels'):
+        ShortcutConfig(noise_levels='uniform')
+    # The default is diffusion forcing: levels differ across the frames of a row.
+    tau_df, _ = sample_training_tau_d(jax.random.key(0), (64, 5), ShortcutConfig(k_max=K_MAX))
+    assert len(np.unique(np.asarray(tau_df)[:, -1])) > 1
+
+
 def test_ramp_weight_and_indices():
     np.testing.assert_allclose(ramp_weight(jnp.array([0.0, 0.5, 1.0])), [0.1, 0.55, 1.0])
     np.testing.assert_array_equal(tau_index(jnp.array([0.0, 0.125, 0.875, 1.0]), 8), [0, 1, 7, 8])
