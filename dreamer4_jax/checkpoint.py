@@ -39,13 +39,24 @@ class DamagedCheckpointError(CheckpointError):
         super().__init__(f'Checkpoint {path} is damaged: {detail}')
 
 
-def config_diff(saved: dict, current: dict, prefix: str = '') -> list[str]:
-    """'field: checkpoint X vs now Y' for every leaf of two nested config dicts that differs."""
+def config_diff(
+    saved: dict, current: dict, prefix: str = '', defaults: dict | None = None
+) -> list[str]:
+    """'field: checkpoint X vs now Y' for every leaf of two nested config dicts that differs.
+
+    `defaults` (nested like `current`): a field the checkpoint lacks counts as equal when its
+    value now is its default, since the field was added after the run and its default keeps the
+    behaviour the run had.
+    """
+    defaults = defaults or {}
     diffs = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, '<missing>'), current.get(key, '<missing>')
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_diff(a, b, f'{prefix}{key}.')
+            sub = defaults.get(key)
+            diffs += config_diff(a, b, f'{prefix}{key}.', sub if isinstance(sub, dict) else None)
+        elif key not in saved and key in defaults and b == defaults[key]:
+            continue
         elif a != b:
             diffs.append(f'{prefix}{key}: checkpoint {a!r} vs now {b!r}')
     return diffs

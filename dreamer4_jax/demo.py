@@ -26,6 +26,7 @@ import time
 from absl import logging
 
 from dreamer4_jax import checkpoint, config_checks, errors
+from dreamer4_jax import model_configs as mc
 from dreamer4_jax.compile_clock import CompileClock
 from dreamer4_jax.data.build import ensure_dataset
 from dreamer4_jax.eval.closed_loop import evaluate_agents
@@ -75,6 +76,14 @@ MODEL_SECTION = {
     'bc': 'agent',
     'imagination': 'imagination',
 }
+# Each model section's defaults: a field added after a run was saved, left at its default, does
+# not make the finished run look like another config.
+SECTION_DEFAULTS = {
+    'tokenizer': mc.tokenizer_config_dict,
+    'dynamics': mc.dynamics_config_dict,
+    'agent': mc.agent_config_dict,
+    'imagination': mc.imagination_config_dict,
+}
 
 
 def finished(stage_dir: str, steps: int) -> bool:
@@ -91,7 +100,9 @@ def check_reusable(stage: str, stage_dir: str, steps: int, config) -> None:
     now = json.loads(config.to_json_best_effort()).get(section, {})
     diffs = [
         d
-        for d in checkpoint.config_diff(was, now, f'{section}.')
+        for d in checkpoint.config_diff(
+            was, now, f'{section}.', json.loads(SECTION_DEFAULTS[section]().to_json_best_effort())
+        )
         if not d.split(':')[0].endswith('_workdir')
     ]
     if diffs:

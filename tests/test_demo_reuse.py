@@ -43,3 +43,31 @@ def test_moved_workdirs_do_not_count_as_a_config_change(tmp_path, capsys):
     _finish(tmp_path, 'dynamics', elsewhere)
     demo.run_stage('dynamics', str(tmp_path), 1.0)
     assert 'dynamics: already finished' in capsys.readouterr().out
+
+
+def _without(field):
+    def edit(config):
+        with config.dynamics.unlocked():
+            del config.dynamics[field]
+
+    return edit
+
+
+def test_a_field_added_after_the_run_at_its_default_is_not_a_change(tmp_path, capsys):
+    """A run saved before `dynamics.noise_levels` existed is still the demo's dynamics run."""
+    _finish(tmp_path, 'dynamics', _without('noise_levels'))
+    demo.run_stage('dynamics', str(tmp_path), 1.0)
+    assert 'dynamics: already finished' in capsys.readouterr().out
+
+
+def test_a_field_added_after_the_run_set_away_from_its_default_is_a_change():
+    saved = {'ramp': True, 'transformer': {'depth': 4}}
+    now = {'ramp': True, 'noise_levels': 'last_frame', 'transformer': {'depth': 4, 'x': 2}}
+    defaults = {'noise_levels': 'diffusion_forcing', 'transformer': {'x': 2}}
+    assert checkpoint.config_diff(saved, now, 'dynamics.', defaults) == [
+        "dynamics.noise_levels: checkpoint '<missing>' vs now 'last_frame'"
+    ]
+    assert checkpoint.config_diff(saved, now, 'dynamics.') == [
+        "dynamics.noise_levels: checkpoint '<missing>' vs now 'last_frame'",
+        "dynamics.transformer.x: checkpoint '<missing>' vs now 2",
+    ]
