@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.util
+import os
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -170,3 +173,16 @@ def accepts_settings(get_config: Callable[..., ml_collections.ConfigDict]):
         return apply_settings(config, settings, get_config.__globals__.get('SETTINGS', {}))
 
     return wrapped
+
+
+def sibling_experiment(this_file: str, name: str) -> types.ModuleType:
+    """The experiment file `name`.py next to `this_file`, loaded by its path.
+
+    Experiment files are loaded by path (`--config=experiments/x.py:...`), not imported as a
+    package, so one built on another (craftax_cpu on craftax_tiny) loads it the same way.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

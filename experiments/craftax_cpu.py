@@ -15,16 +15,9 @@ changes only the data (200 episodes of up to 512 steps, four in five from the se
 reaches iron in most episodes), the step counts and the evaluation.
 """
 
-import importlib.util
-import os
+from dreamer4_jax.config_settings import accepts_settings, sibling_experiment
 
-from dreamer4_jax.config_settings import accepts_settings
-
-_spec = importlib.util.spec_from_file_location(
-    '_craftax_tiny', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'craftax_tiny.py')
-)
-craftax_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(craftax_tiny)
+craftax_tiny = sibling_experiment(__file__, 'craftax_tiny')
 
 VARIANTS = craftax_tiny.VARIANTS
 SETTINGS = craftax_tiny.SETTINGS

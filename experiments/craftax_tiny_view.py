@@ -11,18 +11,11 @@ demo tokenizer (README, phase 2): BC still at the majority accuracy, Table 7 ret
 intervals of the seeker's data.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-from dreamer4_jax.config_settings import accepts_settings
+from dreamer4_jax.config_settings import accepts_settings, sibling_experiment
 
-_spec = importlib.util.spec_from_file_location(
-    '_craftax_tiny', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'craftax_tiny.py')
-)
-craftax_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(craftax_tiny)
+craftax_tiny = sibling_experiment(__file__, 'craftax_tiny')
 
 VARIANTS = craftax_tiny.VARIANTS
 SETTINGS = craftax_tiny.SETTINGS

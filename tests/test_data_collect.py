@@ -210,13 +210,17 @@ def test_view_seeker_acts_only_on_what_its_frame_shows(seeker_setup):
         ),
     )
 
-    def actions(s, visible_only):
-        fn = jax.jit(
-            lambda s, k: policies.seeker_policy(
-                s, policies.init_policy_state(), k, 0.0, visible_only=visible_only
+    policy = {
+        v: jax.jit(
+            lambda s, k, v=v: policies.seeker_policy(
+                s, policies.init_policy_state(), k, 0.0, visible_only=v
             )[0]
         )
-        return [int(fn(s, jax.random.PRNGKey(i))) for i in range(8)]
+        for v in (False, True)
+    }  # one compile per policy, not per call
+
+    def actions(s, visible_only):
+        return [int(policy[visible_only](s, jax.random.PRNGKey(i))) for i in range(8)]
 
     assert actions(hidden, True) == actions(quiet, True)
     # With nothing in view it explores in a random direction; the plain seeker walks to a tree.
