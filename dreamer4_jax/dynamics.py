@@ -11,6 +11,10 @@ Frame block t (token order; PAPER 5.1):
   A agent tokens    phase 2 (PAPER 9.1): a learned embedding plus an optional caller input; they
                     read every modality and nothing reads them, so A > 0 leaves the world model's
                     outputs unchanged. Their outputs are returned for the caller's heads.
+`input_scale='signal'` (outside the paper; 'none' is the paper's input) multiplies each frame's
+noisy latents by its signal level tau before `latent_in`: at tau = 0 the input holds nothing of
+the clean frame, and a small model otherwise spends its early training cancelling that noise
+(README, phase 1b; benchmarks/action_lookup.py).
 The head reads the latent slots and predicts clean latents (x-prediction, PAPER 6.2) or, for the
 ablation, a velocity; the meaning of the output is the objective's business (shortcut.py).
 
@@ -36,6 +40,7 @@ from dreamer4_jax.nn import param_init as _pinit
 
 ACT_BTSD = ('batch', 'time', 'tokens', 'act_embed')
 ACTION_KINDS = ('categorical', 'binary', 'continuous')
+INPUT_SCALES = ('none', 'signal')
 Component = tuple[str, str, int]  # (name, kind, size), what ActionSpace.components holds
 
 
@@ -64,6 +69,7 @@ class DynamicsConfig:
     num_registers: int = 4  # R (PAPER 5.1 [U]); 0 = the "no registers" ablation
     num_agent_tokens: int = 0  # A: 0 in phase 1; phase 2 sets it
     k_max: int = 64  # rows of the tau / d tables (PAPER 6.4)
+    input_scale: str = 'none'  # 'signal': latents times tau before latent_in (module doc)
     transformer: TransformerConfig = TransformerConfig()
 
     def __post_init__(self):
@@ -81,6 +87,8 @@ class DynamicsConfig:
                 f'transformer.width={self.transformer.width} must be even: the shortcut token '
                 'concatenates two half-width embeddings (tau, d)'
             )
+        if self.input_scale not in INPUT_SCALES:
+            bad(f'input_scale must be one of {INPUT_SCALES}, got {self.input_scale!r}')
         shortcut.num_d_indices(self.k_max)  # raises for a k_max that is not a power of two
         names = [n for n, _, _ in self.actions]
         if len(set(names)) != len(names):
@@ -253,7 +261,10 @@ class Dynamics(nn.Module):
                 f'tau {tau_BT.shape}, d {d_BT.shape} and has_action '
                 f'{has_BT.shape} must all be [B, T] = {(b, t)}'
             )
-        z_BTZP = z_BTNC.astype(jnp.float32).reshape(b, t, c.num_tokens, c.token_dim)
+        z_BTNC = z_BTNC.astype(jnp.float32)
+        if c.input_scale == 'signal':
+            z_BTNC = z_BTNC * tau_BT.astype(jnp.float32)[:, :, None, None]
+        z_BTZP = z_BTNC.reshape(b, t, c.num_tokens, c.token_dim)
         parts = [
             self.action_embed(actions, has_BT),
             jnp.concatenate(

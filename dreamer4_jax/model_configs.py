@@ -119,6 +119,7 @@ def dynamics_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.num_action_tokens = 1
     c.num_registers = 4  # 0 = "no registers" ablation
     c.num_agent_tokens = 0  # phase 2 sets this
+    c.input_scale = 'none'  # 'signal': noisy latents times their signal level (outside the paper)
     c.transformer = transformer_config_dict(
         width=256, depth=8, num_heads=4, num_kv_heads=1, time_every=4, time_window=16
     )
@@ -182,6 +183,7 @@ def dynamics_config_from(cd: ml_collections.ConfigDict, tokenizer: TokenizerConf
             num_registers=int(cd.num_registers),
             num_agent_tokens=int(cd.num_agent_tokens),
             k_max=int(cd.k_max),
+            input_scale=str(cd.get('input_scale', 'none')),
             transformer=transformer_config_from(cd.transformer, 'dynamics.transformer'),
         )
     except ValueError as e:
