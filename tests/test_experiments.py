@@ -124,3 +124,21 @@ def test_regressor_objective_setting_builds_a_valid_objective():
     assert shortcut_config_from(tiny.get_config('dynamics').dynamics).noise_levels == (
         'diffusion_forcing'
     )
+
+
+def test_input_scale_is_signal_in_craftax_tiny_none_at_paper_scale_and_for_old_runs():
+    """craftax_tiny (and the experiments built on it) scale the noisy input; the paper config
+    keeps the paper's input; a dynamics section saved before the field existed loads as 'none'."""
+    from experiments import craftax_cpu, craftax_tiny
+
+    def scale(config):
+        tok = tokenizer_config_from(config.tokenizer)
+        return dynamics_config_from(config.dynamics, tok).input_scale
+
+    assert scale(craftax_tiny.get_config('dynamics')) == 'signal'
+    assert scale(craftax_cpu.get_config('dynamics')) == 'signal'
+    assert scale(minecraft_paper.get_config('dynamics')) == 'none'
+    old = craftax_tiny.get_config('dynamics')
+    with old.dynamics.unlocked():
+        del old.dynamics['input_scale']
+    assert scale(old) == 'none'
