@@ -1,12 +1,14 @@
 """Can the dynamics transformer learn to read its actions? A synthetic lookup, no tokenizer.
 
-  python -m benchmarks.action_lookup [--input_scale=none|signal] [--frames=8] [--steps=300] \
-      [--batch=8] [--learning_rate=1e-3] [--noise=1.0]
+  python -m benchmarks.action_lookup [--experiment=experiments/craftax_tiny.py] \
+      [--input_scale=none|signal] [--frames=8] [--steps=300] [--batch=8] [--learning_rate=1e-3] \
+      [--noise=1.0] [--pattern=tsss]
 
 Synthetic latents where the action decides the next frame completely: frame t + 1 is a fixed
 latent per action (a table of `num_actions` random latents), frame 0 is uniform noise. The model
-is the demo's dynamics shape (craftax_tiny: 64 latents of 16 channels packed by 4, width 96,
-4 heads, 1 KV head, layers s s s t, 4 registers, 17 actions) trained as a next-frame regressor:
+is the experiment's dynamics model (`--experiment`, craftax_tiny by default: 64 latents of 16
+channels packed by 4, width 96, 4 heads, 1 KV head, layers s s s t, 4 registers, 17 actions; the
+input scale is the flag's, 'none' unless given) trained as a next-frame regressor:
 every context frame at signal 1 - d_min, the last frame of each window from pure noise (tau = 0,
 the input a sampler starts from), squared error on the last frame only. It reports the held-out
 error with the real actions, with shuffled actions, and of the targets' mean (what a model that
@@ -34,18 +36,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, align_actions, init_params
-from dreamer4_jax.nn import TransformerConfig
+from dreamer4_jax import config_checks
+from dreamer4_jax.dynamics import (
+    INPUT_SCALES,
+    Dynamics,
+    DynamicsConfig,
+    align_actions,
+    init_params,
+)
+from dreamer4_jax.model_configs import dynamics_config_from, tokenizer_config_from
 
 
-def demo_shape(input_scale: str = 'none') -> DynamicsConfig:
-    """The craftax_tiny dynamics model (experiments/craftax_tiny.py) on 64 x 16 latents."""
-    block = TransformerConfig(
-        width=96, depth=4, num_heads=4, num_kv_heads=1, time_every=4, time_window=8, remat='none'
-    )
-    return DynamicsConfig(
-        num_latents=64, latent_dim=16, pack=4, input_scale=input_scale, transformer=block
-    )
+def experiment_shape(experiment: str = 'experiments/craftax_tiny.py') -> DynamicsConfig:
+    """The dynamics model an experiment's dynamics stage builds (craftax_tiny: the demo's)."""
+    config = config_checks.load_config(f'{experiment}:dynamics')
+    return dynamics_config_from(config.dynamics, tokenizer_config_from(config.tokenizer))
 
 
 def lookup_windows(
@@ -135,7 +140,10 @@ def fit(
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--input_scale', choices=('none', 'signal'), default='none')
+    parser.add_argument('--experiment', default='experiments/craftax_tiny.py')
+    parser.add_argument(
+        '--input_scale', choices=INPUT_SCALES, default='none', help="overrides the experiment's"
+    )
     parser.add_argument('--frames', type=int, default=8)
     parser.add_argument('--steps', type=int, default=300)
     parser.add_argument('--batch', type=int, default=8)
@@ -144,7 +152,7 @@ def main(argv=None) -> dict:
     parser.add_argument('--pattern', default=None, help="layer pattern, e.g. 'tsss'")
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    config = demo_shape(args.input_scale)
+    config = dataclasses.replace(experiment_shape(args.experiment), input_scale=args.input_scale)
     if args.pattern:
         block = dataclasses.replace(config.transformer, pattern=args.pattern)
         config = dataclasses.replace(config, transformer=block)

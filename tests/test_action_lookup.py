@@ -2,11 +2,14 @@
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.linen import meta
 
 from benchmarks import action_lookup
-from dreamer4_jax.dynamics import DynamicsConfig
+from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, dummy_actions, init_params
 from dreamer4_jax.nn import TransformerConfig
 
 
@@ -45,12 +48,6 @@ def test_the_transformer_learns_the_lookup_from_its_action_token():
 def test_input_scale_signal_zeroes_what_the_model_reads_of_pure_noise():
     """With input_scale='signal' a frame at tau = 0 reads nothing of its latents; with 'none' it
     does (the paper's input)."""
-    import jax
-    import jax.numpy as jnp
-    from flax.linen import meta
-
-    from dreamer4_jax.dynamics import Dynamics, dummy_actions, init_params
-
     outs = {}
     for scale in ('none', 'signal'):
         model = Dynamics(small_config(input_scale=scale))
@@ -66,6 +63,13 @@ def test_input_scale_signal_zeroes_what_the_model_reads_of_pure_noise():
         outs[scale] = float(jnp.max(jnp.abs(run(z) - run(z.at[:, 1].multiply(-3.0)))))
     assert outs['signal'] == 0.0
     assert outs['none'] > 1e-3
+
+
+def test_the_default_model_is_the_demo_dynamics_stage():
+    c = action_lookup.experiment_shape()
+    assert (c.num_latents, c.latent_dim, c.pack, c.num_registers) == (64, 16, 4, 4)
+    assert c.transformer.width == 96 and c.transformer.layer_kinds.count('time') == 1
+    assert c.actions == (('discrete', 'categorical', 17),)
 
 
 def test_bad_input_scale_and_lookups_are_refused():

@@ -16,7 +16,7 @@ from dreamer4_jax.model_configs import (
     tokenizer_config_from,
 )
 from dreamer4_jax.tokenizer import Tokenizer
-from experiments import minecraft_paper
+from experiments import craftax_cpu, craftax_tiny, minecraft_paper
 
 
 def _param_count(tree) -> int:
@@ -129,7 +129,6 @@ def test_regressor_objective_setting_builds_a_valid_objective():
 def test_input_scale_is_signal_in_craftax_tiny_none_at_paper_scale_and_for_old_runs():
     """craftax_tiny (and the experiments built on it) scale the noisy input; the paper config
     keeps the paper's input; a dynamics section saved before the field existed loads as 'none'."""
-    from experiments import craftax_cpu, craftax_tiny
 
     def scale(config):
         tok = tokenizer_config_from(config.tokenizer)
