@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dreamer4_jax.agent import (
     AgentConfig,
@@ -120,15 +121,22 @@ def test_heads_have_one_output_layer_per_offset():
     np.testing.assert_allclose(emb[0, 1], te['table'][2] + te['base'], rtol=1e-6)
 
 
-def test_agent_loss_terms_match_numpy_reference():
+@pytest.mark.parametrize(
+    'n, bc_rows_list',
+    [
+        (3, [True, False]),  # offsets 0..2, BC on row 0 only (a task-relevant row)
+        (1, [True, True]),  # mtp_length=0 with BC on every row (craftax_tiny)
+    ],
+)
+def test_agent_loss_terms_match_numpy_reference(n, bc_rows_list):
     rs = np.random.RandomState(0)
-    b, t, n = 2, 6, 3
+    b, t = 2, 6
     batch = _batch(b, t)
     dist, two = ActionDist(CRAFTAX_LIKE), TwoHot(11, -5.0, 5.0)
     logits = rs.randn(b, t, n, 17).astype(np.float32)
     rlogits = rs.randn(b, t, n, 11).astype(np.float32)
     task = jnp.asarray([1, 2])
-    bc_rows = jnp.asarray([True, False])  # only row 0 is task-relevant
+    bc_rows = jnp.asarray(bc_rows_list)
     losses, metrics = agent_loss_terms(
         dist,
         two,
@@ -147,7 +155,12 @@ def test_agent_loss_terms_match_numpy_reference():
     target = np.asarray(two.encode(rew))  # two-hot encoding itself: tests/test_distributions.py
     bc_ref, r_ref = 0.0, 0.0
     for k in range(n):
-        nll = [-logp[0, i, k, acts[0, i, k]] for i in range(t) if valid[0, i, k]]
+        nll = [
+            -logp[j, i, k, acts[j, i, k]]
+            for j in range(b)
+            for i in range(t)
+            if bc_rows_list[j] and valid[j, i, k]
+        ]
         bc_ref += np.mean(nll)
         rnll = [
             -np.sum(target[j, i, k] * rlogp[j, i, k])
@@ -158,7 +171,9 @@ def test_agent_loss_terms_match_numpy_reference():
         r_ref += np.mean(rnll)
     np.testing.assert_allclose(losses['bc'], bc_ref, rtol=1e-5)
     np.testing.assert_allclose(losses['reward'], r_ref, rtol=1e-5)
-    assert float(metrics['agent/bc_targets']) == valid[0, :, 0].sum() == 5
+    rows = np.asarray(bc_rows_list)[:, None]
+    assert float(metrics['agent/bc_targets']) == (valid[:, :, 0] & rows).sum()
+    assert valid[0, :, 0].sum() == 5
     # Placeholders (-1) at invalid steps give neither NaN losses nor NaN gradients.
     grad = jax.grad(
         lambda lg: agent_loss_terms(

@@ -141,3 +141,18 @@ def test_input_scale_is_signal_in_craftax_tiny_none_at_paper_scale_and_for_old_r
     with old.dynamics.unlocked():
         del old.dynamics['input_scale']
     assert scale(old) == 'none'
+
+
+def test_agent_departures_are_craftax_tiny_only():
+    """craftax_tiny (and craftax_cpu, built on it) trains the policy at offset 0 on every window
+    with the reward term at 0.3 (README, phase 2: with the paper's settings BC learned only the
+    action marginal in 300 steps); the paper config keeps PAPER 9.2-9.3."""
+
+    def agent(module):
+        a = module.get_config('agent').agent
+        return int(a.mtp_length), str(a.bc_rows), dict(a.loss_weights)
+
+    tiny = (0, 'all', {'dynamics': 1.0, 'bc': 1.0, 'reward': 0.3})
+    assert agent(craftax_tiny) == tiny
+    assert agent(craftax_cpu) == tiny
+    assert agent(minecraft_paper) == (8, 'relevant', {'dynamics': 1.0, 'bc': 1.0, 'reward': 1.0})
