@@ -35,7 +35,6 @@ import optax
 
 from dreamer4_jax import config_checks, pretrained
 from dreamer4_jax.train import agent_phase
-from dreamer4_jax.world_model import row_tasks
 
 # Term -> the term whose value normalizes it (BC's offsets share the whole BC term's RMS).
 NORMALIZED_BY = {
@@ -72,10 +71,7 @@ def normalized_gradient_norms(
 
 def agent_terms_fn(step: agent_phase.AgentStep, consts: dict, batch: dict, rng: jax.Array):
     """params -> the phase-2 terms of `batch` (as the train step computes them), BC split."""
-    k_task, k_loss = jax.random.split(rng)
-    task_B, relevant_B = row_tasks(batch, step.wm.heads.config.num_tasks, k_task)
-    rows = {term: agent_phase._rows(choice, relevant_B) for term, choice in step.rows}
-    z1 = agent_phase.batch_latents(step.tokenizer, batch, consts)
+    task_B, rows, z1, k_loss = agent_phase.step_inputs(step, batch, rng, consts)
 
     def terms(params):
         out, logs = agent_phase.finetune_loss(

@@ -53,7 +53,14 @@ from dreamer4_jax.world_model import WorldModel, build_world_model, row_tasks
 
 ROW_CHOICES = ('relevant', 'uniform', 'all')
 TERMS = ('dynamics', 'bc', 'reward')
-__all__ = ['build_world_model', 'finetune_loss', 'held_out_metrics', 'make_phase', 'row_tasks']
+__all__ = [
+    'build_world_model',
+    'finetune_loss',
+    'held_out_metrics',
+    'make_phase',
+    'row_tasks',
+    'step_inputs',
+]
 
 
 def _rows(choice: str, relevant_B: jax.Array) -> jax.Array:
@@ -221,12 +228,17 @@ class AgentStep:
     ema_decay: float  # 0: no EMA
 
 
-def train_step(s: AgentStep, state, batch, rng, consts):
-    """One finetuning step: shortcut forcing + BC + reward, RMS-normalized (PAPER 9.2-9.3)."""
+def step_inputs(s: AgentStep, batch, rng, consts):
+    """(task_B, rows per term, clean latents, loss key) of one train step on `batch`."""
     k_task, k_loss = jax.random.split(rng)
     task_B, relevant_B = row_tasks(batch, s.wm.heads.config.num_tasks, k_task)
     rows = {term: _rows(choice, relevant_B) for term, choice in s.rows}
-    z1 = batch_latents(s.tokenizer, batch, consts)
+    return task_B, rows, batch_latents(s.tokenizer, batch, consts), k_loss
+
+
+def train_step(s: AgentStep, state, batch, rng, consts):
+    """One finetuning step: shortcut forcing + BC + reward, RMS-normalized (PAPER 9.2-9.3)."""
+    task_B, rows, z1, k_loss = step_inputs(s, batch, rng, consts)
     weights = dict(s.weights)
 
     def loss_fn(params):
