@@ -71,21 +71,10 @@ def normalized_gradient_norms(
 
 def agent_terms_fn(step: agent_phase.AgentStep, consts: dict, batch: dict, rng: jax.Array):
     """params -> the phase-2 terms of `batch` (as the train step computes them), BC split."""
-    task_B, rows, z1, k_loss = agent_phase.step_inputs(step, batch, rng, consts)
+    terms_of = agent_phase.step_terms(step, batch, rng, consts, use_dynamics=True)
 
     def terms(params):
-        out, logs = agent_phase.finetune_loss(
-            step.wm,
-            step.objective,
-            step.teacher_stride,
-            params,
-            z1,
-            batch,
-            task_B,
-            rows,
-            k_loss,
-            True,
-        )
+        out, logs = terms_of(params)
         offset0 = logs['agent/bc_nll_offset0']
         return {**out, 'bc_offset0': offset0, 'bc_later_offsets': out['bc'] - offset0}
 

@@ -16,8 +16,6 @@ below (`python -m dreamer4_jax.figures table2 --scale=tiny --workdir=runs/figure
 chosen for speed on 2 CPU cores, not quality; experiments/craftax_small.py is the one-GPU config.
 """
 
-import ml_collections
-
 from dreamer4_jax import model_configs as mc
 from dreamer4_jax.config_settings import accepts_settings
 from dreamer4_jax.configs import base_config
@@ -141,13 +139,8 @@ def get_config(arg: str | None = None):
     # - reward weight 0.3: the RMS-normalized reward term at weight 1 held BC at 0.28
     #   (0 gave 0.48, 0.1 0.40, 0.3 0.44; the reward head's own weights learn as fast at any
     #   weight under Adam, only the shared transformer hears it less).
-    c.agent = mc.agent_config_dict(
-        head_hidden=128,
-        eval_windows=64,
-        mtp_length=0,
-        bc_rows='all',
-        loss_weights=ml_collections.ConfigDict({'dynamics': 1.0, 'bc': 1.0, 'reward': 0.3}),
-    )
+    c.agent = mc.agent_config_dict(head_hidden=128, eval_windows=64, mtp_length=0, bc_rows='all')
+    c.agent.loss_weights.reward = 0.3
     # The value head trains alone for the first third of phase 3 (see craftax_small.py), and
     # gamma = 0.9 (PAPER 10.2 uses 0.997 for Minecraft): the reward head predicts a small positive
     # reward at every imagined step, so with 0.997 the value would need ~1/(1 - gamma) = 333

@@ -59,7 +59,7 @@ __all__ = [
     'held_out_metrics',
     'make_phase',
     'row_tasks',
-    'step_inputs',
+    'step_terms',
 ]
 
 
@@ -228,32 +228,34 @@ class AgentStep:
     ema_decay: float  # 0: no EMA
 
 
-def step_inputs(s: AgentStep, batch, rng, consts):
-    """(task_B, rows per term, clean latents, loss key) of one train step on `batch`."""
+def step_terms(s: AgentStep, batch, rng, consts, use_dynamics: bool):
+    """params -> (unnormalized terms, logs) of one train step on `batch` (`finetune_loss` with
+    the step's task prompts, row choices and clean latents)."""
     k_task, k_loss = jax.random.split(rng)
     task_B, relevant_B = row_tasks(batch, s.wm.heads.config.num_tasks, k_task)
     rows = {term: _rows(choice, relevant_B) for term, choice in s.rows}
-    return task_B, rows, batch_latents(s.tokenizer, batch, consts), k_loss
+    z1 = batch_latents(s.tokenizer, batch, consts)
+    return functools.partial(
+        finetune_loss,
+        s.wm,
+        s.objective,
+        s.teacher_stride,
+        z1_BTNC=z1,
+        batch=batch,
+        task_B=task_B,
+        rows=rows,
+        rng=k_loss,
+        use_dynamics=use_dynamics,
+    )
 
 
 def train_step(s: AgentStep, state, batch, rng, consts):
     """One finetuning step: shortcut forcing + BC + reward, RMS-normalized (PAPER 9.2-9.3)."""
-    task_B, rows, z1, k_loss = step_inputs(s, batch, rng, consts)
     weights = dict(s.weights)
+    terms_of = step_terms(s, batch, rng, consts, 'dynamics' in weights)
 
     def loss_fn(params):
-        terms, logs = finetune_loss(
-            s.wm,
-            s.objective,
-            s.teacher_stride,
-            params,
-            z1,
-            batch,
-            task_B,
-            rows,
-            k_loss,
-            'dynamics' in weights,
-        )
+        terms, logs = terms_of(params)
         terms = {k: terms[k] for k in weights}
         total, rms, metrics = losses.update_and_normalize(
             state.aux['rms'], terms, weights, beta=s.rms_beta
