@@ -276,6 +276,9 @@ def imagination_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.alpha = 0.5  # PAPER 10.3
     c.beta = 0.3  # PAPER 10.3 (reverse KL to the frozen BC policy)
     c.value_weight = 1.0
+    # c_t of the lambda-returns: 'ones' (PAPER 10.2 [U]) or 'until_reward' (the task pays once:
+    # c_s = 1 - clip(r_{s+1}, 0, 1); rl.imagined_continues).
+    c.continuation = 'ones'
     # [U] not in the paper: steps that train only the value head before PMPO starts (a value
     # head near its zero init makes every advantage positive).
     c.policy_warmup = 0

@@ -128,18 +128,45 @@ def pmpo_loss(
     return pmpo_loss_and_metrics(logp, advantages, kl, alpha, beta, mask=mask)[0]
 
 
-def imagined_returns(reward_BS: Array, value_BS: Array, gamma: float, lam: float) -> Array:
+CONTINUATIONS = ('ones', 'until_reward')
+
+
+def imagined_continues(reward_BS: Array, continuation: str = 'ones') -> Array:
+    """Continuation flags [B, S] of the transitions s -> s+1 (entry S-1 unused).
+
+    'ones': c = 1 throughout (PAPER 10.2 [U]: no termination head; Minecraft's task events
+    repeat, mine_log 10 times in the ladder). 'until_reward': c_s = 1 - clip(r_{s+1}, 0, 1), the
+    chance that the task is still undone at state s+1, for tasks that pay once (a Craftax
+    achievement unlocks once per episode, and the ladder moves to the next task when it does):
+    the return of a rollout is then at most one task success, not the sum of every step the
+    reward head pays for. Not in the paper.
+    """
+    b, s = reward_BS.shape
+    if continuation == 'ones':
+        return jnp.ones((b, s), jnp.float32)
+    if continuation == 'until_reward':
+        done_BS = jnp.clip(jax.lax.stop_gradient(reward_BS[:, 1:]).astype(jnp.float32), 0.0, 1.0)
+        return jnp.concatenate([1.0 - done_BS, jnp.ones((b, 1), jnp.float32)], axis=1)
+    raise ValueError(f'continuation must be one of {CONTINUATIONS}, got {continuation!r}')
+
+
+def imagined_returns(
+    reward_BS: Array, value_BS: Array, gamma: float, lam: float, continuation: str = 'ones'
+) -> Array:
     """Lambda-returns [B, S-1] of states 0..S-2 from per-state rewards and values [B, S].
 
     reward_BS[:, s] is the reward that arrived WITH state s (the reward head at h_s), so the
     transition s -> s+1 of `lambda_returns` earns reward_BS[:, s + 1]; the reward of state 0 (a
-    context frame) belongs to no imagined action. c = 1 throughout (PAPER 10.2 [U]: no
-    termination head).
+    context frame) belongs to no imagined action. Continuation flags: `imagined_continues`.
     """
     b, s = reward_BS.shape
     transition_BS = jnp.concatenate([reward_BS[:, 1:], jnp.zeros((b, 1))], axis=1)
     return lambda_returns(
-        transition_BS, jax.lax.stop_gradient(value_BS), jnp.ones((b, s)), gamma, lam
+        transition_BS,
+        jax.lax.stop_gradient(value_BS),
+        imagined_continues(reward_BS, continuation),
+        gamma,
+        lam,
     )
 
 
@@ -155,6 +182,7 @@ def imagination_loss_terms(
     alpha: float,
     beta: float,
     num_value_offsets: int,
+    continuation: str = 'ones',
 ) -> tuple[dict[str, Array], dict[str, Array]]:
     """Named loss terms of one batch of imagined trajectories (PAPER 10.2-10.3).
 
@@ -162,14 +190,14 @@ def imagination_loss_terms(
     value_BS: the value head's mean (its gradient is not used: returns and advantages are
     stop-gradient); reward_BS: the reward head per state. value_nll_fn(target_BHN) -> [B, H, N]
     negative log-likelihood of the value head's offset-n output at state t for R_{t+n}
-    (multi-token prediction, like the other heads).
+    (multi-token prediction, like the other heads); continuation: see `imagined_continues`.
 
     Returns ({'policy': PMPO loss, 'value': summed per-offset value NLL}, metrics); the caller
     weights and adds the terms.
     """
     b, length = reward_BS.shape
     horizon = length - 1
-    returns = imagined_returns(reward_BS, value_BS, gamma, lam)
+    returns = imagined_returns(reward_BS, value_BS, gamma, lam, continuation)
     adv = advantages(returns, value_BS)
     pmpo, metrics = pmpo_loss_and_metrics(
         logp_BS[:, :horizon], adv, kl_BS[:, :horizon], alpha, beta
@@ -185,6 +213,7 @@ def imagination_loss_terms(
             'imagine/return': jnp.mean(returns[:, 0]),
             'imagine/value': jnp.mean(value_BS),
             'imagine/advantage_abs': jnp.mean(jnp.abs(adv)),
+            'imagine/continue': jnp.mean(imagined_continues(reward_BS, continuation)[:, :horizon]),
         }
     )
     return {'policy': pmpo, 'value': jnp.sum(per_n)}, metrics

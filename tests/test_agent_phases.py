@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from dreamer4_jax import dynamics as dyn
+from dreamer4_jax import rl
+from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.model_configs import (
     agent_config_dict,
@@ -213,6 +215,34 @@ def test_imagined_returns_credit_the_action_before_the_reward():
     value = jnp.asarray([[0.0, 2.0, 3.0, 4.0]])
     got = imagination_phase.imagined_returns(reward, value, 0.5, 0.0)
     np.testing.assert_allclose(got, [[0.0 + 0.5 * 2.0, 1.0 + 0.5 * 3.0, 0.0 + 0.5 * 4.0]])
+
+
+def test_until_reward_returns_stop_after_the_task_is_done():
+    """continuation='until_reward': a task that pays once ends when the reward head says it is
+    done (c_s = 1 - clip(r_{s+1}, 0, 1)); hand-computed lambda-returns, gamma 0.5, lam 1."""
+    reward = jnp.asarray([[0.0, 0.25, 1.0, 1.0, 2.0]])
+    value = jnp.asarray([[0.0, 0.0, 0.0, 0.0, 8.0]])
+    c = np.asarray(rl.imagined_continues(reward, 'until_reward'))
+    np.testing.assert_allclose(c, [[0.75, 0.0, 0.0, 0.0, 1.0]])  # r = 2 is clipped to 1
+    got = imagination_phase.imagined_returns(reward, value, 0.5, 1.0, 'until_reward')
+    # Backwards from R_4 = v_4 = 8: R_3 = 2 + 0.5 * 0 * 8 = 2; R_2 = 1 + 0 = 1; R_1 = 1;
+    # R_0 = 0.25 + 0.5 * 0.75 * R_1 = 0.625.
+    np.testing.assert_allclose(got, [[0.625, 1.0, 1.0, 2.0]], rtol=1e-6)
+    # 'ones' keeps every payment: R_3 = 2 + 0.5 * 8 = 6, R_2 = 1 + 3, R_1 = 1 + 2, R_0 = 0.25 + 1.5.
+    ones = imagination_phase.imagined_returns(reward, value, 0.5, 1.0)
+    np.testing.assert_allclose(ones, [[1.75, 3.0, 4.0, 6.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match='continuation must be one of'):
+        rl.imagined_continues(reward, 'never')
+
+
+def test_imagination_refuses_an_unknown_continuation(pretrained):
+    tok, (dyn_params, dyn_run) = pretrained
+    config = _config('imagination')
+    with config.unlocked():
+        config.imagination.continuation = 'sometimes'
+    wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], _config('agent').agent)
+    with pytest.raises(ConfigError, match='continuation'):
+        imagination_phase.make_phase(config, agent=({}, None), tokenizer=tok, world_model=wm)
 
 
 def test_agent_and_imagination_steps_read_cached_latents_without_images(pretrained):

@@ -56,6 +56,7 @@ TERMS = ('dynamics', 'bc', 'reward')
 __all__ = [
     'build_world_model',
     'finetune_loss',
+    'held_out_heads',
     'held_out_metrics',
     'make_phase',
     'row_tasks',
@@ -133,6 +134,34 @@ def finetune_loss(
     return {'dynamics': dynamics, **agent_terms}, logs
 
 
+def held_out_heads(
+    wm: WorldModel,
+    tok_model: Tokenizer,
+    params: Any,
+    tok_params: Any,
+    batch: dict,
+    rng: jax.Array,
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array, jax.Array]:
+    """(policy parameters, reward logits, task_B, relevant_B) of windows whose frames are all
+    committed at the context signal level, as imagination and the closed loop commit them; each
+    window is prompted with its first event's task (a random one if it has none)."""
+    batch = {k: v for k, v in batch.items() if k not in ('task_id', 'relevant')}
+    k_task, k_noise = jax.random.split(rng)
+    task_B, relevant_B = row_tasks(batch, wm.heads.config.num_tasks, k_task)
+    z = world_model.encode_frames(tok_model, tok_params, batch['image'])
+    b, t = z.shape[:2]
+    acts, has = align_actions(batch['action'], batch['has_action'], batch['is_first'])
+    agent_in = wm.agent_inputs(params, jnp.broadcast_to(task_B[:, None], (b, t)))
+    cache = generation.new_cache(wm.dynamics, b, t)
+    (_, h), _ = generation.commit(
+        wm.dynamics, params['dynamics'], z, acts, has, cache, k_noise, wm.sampling, agent_in
+    )
+    heads = wm.heads
+    policy = heads.apply({'params': params['agent']}, h, method=AgentHeads.policy_params)
+    reward = heads.apply({'params': params['agent']}, h, method=AgentHeads.reward_logits)
+    return policy, reward, task_B, relevant_B
+
+
 def held_out_metrics(
     wm: WorldModel,
     tok_model: Tokenizer,
@@ -154,21 +183,12 @@ def held_out_metrics(
     accuracy over all windows also scores the policy under prompts it never learned to follow.
     """
     batch = {k: v for k, v in batch.items() if k not in ('task_id', 'relevant')}
-    k_task, k_noise = jax.random.split(rng)
-    task_B, relevant_B = row_tasks(batch, wm.heads.config.num_tasks, k_task)
-    groups = {**(groups or {}), 'relevant': relevant_B}
-    z = world_model.encode_frames(tok_model, tok_params, batch['image'])
-    b, t = z.shape[:2]
-    acts, has = align_actions(batch['action'], batch['has_action'], batch['is_first'])
-    agent_in = wm.agent_inputs(params, jnp.broadcast_to(task_B[:, None], (b, t)))
-    cache = generation.new_cache(wm.dynamics, b, t)
-    (_, h), _ = generation.commit(
-        wm.dynamics, params['dynamics'], z, acts, has, cache, k_noise, wm.sampling, agent_in
+    policy, reward, task_B, relevant_B = held_out_heads(
+        wm, tok_model, params, tok_params, batch, rng
     )
+    groups = {**(groups or {}), 'relevant': relevant_B}
     heads = wm.heads
-    policy = heads.apply({'params': params['agent']}, h, method=AgentHeads.policy_params)
-    reward = heads.apply({'params': params['agent']}, h, method=AgentHeads.reward_logits)
-    every = jnp.ones((b,), bool)
+    every = jnp.ones((task_B.shape[0],), bool)
     terms, logs = agent_loss_terms(
         heads.dist, heads.config.reward_dist, policy, reward, batch, task_B, every, every
     )

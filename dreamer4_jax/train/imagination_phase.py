@@ -84,6 +84,7 @@ def imagination_loss(
         alpha=float(cfg.alpha),
         beta=float(cfg.beta),
         num_value_offsets=v_logits.shape[2],
+        continuation=str(cfg.get('continuation', 'ones')),
     )
     total = policy_weight * terms['policy'] + float(cfg.value_weight) * terms['value']
     metrics.update(
@@ -109,16 +110,22 @@ class ImaginationStep:
     horizon: int
 
 
-def train_step(s: ImaginationStep, state, batch, rng, consts):
-    """Imagine rollouts from dataset contexts, then one PMPO + value update (PAPER 10)."""
+def rollout(s: ImaginationStep, params, batch, rng, consts) -> Trajectory:
+    """The step's imagined trajectories: one per window of `batch`, from its first `s.context`
+    frames, prompted with the window's task, acting with the policy head in `params`."""
     k_task, k_img = jax.random.split(rng)
     ctx = jax.tree.map(lambda x: x[:, : s.context], batch)  # every entry is [B, T, ...]
     # The task of a window is found over the whole window: its event may lie ahead.
     task_B, _ = row_tasks(batch, s.wm.heads.config.num_tasks, k_task)
     z = batch_latents(s.tokenizer, ctx, consts)
     acts, has = align_actions(ctx['action'], ctx['has_action'], ctx['is_first'])
-    frozen = jax.lax.stop_gradient(state.params)
-    traj = imagine(s.wm, frozen, z, acts, has, task_B, k_img, s.horizon)
+    frozen = jax.lax.stop_gradient(params)
+    return imagine(s.wm, frozen, z, acts, has, task_B, k_img, s.horizon)
+
+
+def train_step(s: ImaginationStep, state, batch, rng, consts):
+    """Imagine rollouts from dataset contexts, then one PMPO + value update (PAPER 10)."""
+    traj = rollout(s, state.params, batch, rng, consts)
     policy_weight = (state.step >= int(s.cfg.policy_warmup)).astype(jnp.float32)
 
     def loss_fn(params):
@@ -150,6 +157,10 @@ def make_phase(
     if context < 1 or horizon < 1:
         raise ConfigError(
             f'config.imagination: context={context} and horizon={horizon} must be >= 1'
+        )
+    if str(ic.get('continuation', 'ones')) not in rl.CONTINUATIONS:
+        raise ConfigError(
+            f'config.imagination.continuation={ic.continuation!r}: choose one of {rl.CONTINUATIONS}'
         )
     if int(config.data.window_length) < context:
         raise ConfigError(
