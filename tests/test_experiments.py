@@ -16,7 +16,7 @@ from dreamer4_jax.model_configs import (
     tokenizer_config_from,
 )
 from dreamer4_jax.tokenizer import Tokenizer
-from experiments import craftax_cpu, craftax_tiny, minecraft_paper
+from experiments import craftax_cpu, craftax_small, craftax_tiny, minecraft_paper
 
 
 def _param_count(tree) -> int:
@@ -156,3 +156,19 @@ def test_agent_departures_are_craftax_tiny_only():
     assert agent(craftax_tiny) == tiny
     assert agent(craftax_cpu) == tiny
     assert agent(minecraft_paper) == (8, 'relevant', {'dynamics': 1.0, 'bc': 1.0, 'reward': 1.0})
+
+
+def test_kl_weight_departure_is_craftax_tiny_only():
+    """craftax_tiny (and craftax_cpu) keep phase 3 closer to the BC prior (beta = 1; README,
+    phase 3: at 0.3 the policy learned to press `do` where the reward head pays it and the game
+    does not); craftax_small and the paper config keep PAPER 10.3's 0.3, and every config the
+    paper's c = 1."""
+
+    def imagination(module):
+        i = module.get_config('imagination').imagination
+        return float(i.beta), str(i.continuation)
+
+    assert imagination(craftax_tiny) == (1.0, 'ones')
+    assert imagination(craftax_cpu) == (1.0, 'ones')
+    assert imagination(craftax_small) == (0.3, 'ones')
+    assert imagination(minecraft_paper) == (0.3, 'ones')
