@@ -147,6 +147,11 @@ def run_stage(stage: str, workdir: str, steps_scale: float) -> None:
         return
     print(f'[demo] {stage}: training {config.train.steps} steps in {stage_dir}', flush=True)
     phases.run_phase(config, stage_dir)
+    if not finished(stage_dir, int(config.train.steps)):  # SIGTERM: the loop saved and returned
+        raise errors.Interrupted(
+            f'stopped before step {config.train.steps} in {stage_dir} (checkpoint saved); run '
+            'the same command again to resume'
+        )
 
 
 def duration(seconds: float) -> str:

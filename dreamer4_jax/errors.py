@@ -41,6 +41,11 @@ class UserError(Exception):
     """Bad input that the message explains (names the flag, field or file, and the fix)."""
 
 
+class Interrupted(UserError):
+    """A run that stopped before its last step (SIGTERM: its checkpoint is saved). Drivers that
+    chain runs raise it so that no later run starts on an unfinished one."""
+
+
 def one_line(text: str) -> str:
     """Collapses a message onto one line (lists inside it are joined with '; ' by callers)."""
     return ' '.join(part.strip() for part in str(text).splitlines() if part.strip())

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dreamer4_jax import checkpoint, demo
+from dreamer4_jax import checkpoint, demo, errors
 from dreamer4_jax.config_checks import ConfigError
 
 
@@ -71,3 +71,17 @@ def test_a_field_added_after_the_run_set_away_from_its_default_is_a_change():
         "dynamics.noise_levels: checkpoint '<missing>' vs now 'last_frame'",
         "dynamics.transformer.x: checkpoint '<missing>' vs now 2",
     ]
+
+
+def test_a_stage_stopped_by_sigterm_stops_the_demo(tmp_path, monkeypatch):
+    """The loop saves a checkpoint and returns on SIGTERM; the demo must then stop instead of
+    training the next stage on an unfinished one."""
+
+    def stopped_early(config, workdir):
+        ckpt = checkpoint.Checkpointer(workdir)
+        ckpt.save(3, {'w': jnp.zeros(2)}, None, jax.random.key(0), config)
+        ckpt.close()
+
+    monkeypatch.setattr(demo.phases, 'run_phase', stopped_early)
+    with pytest.raises(errors.Interrupted, match='stopped before step 800 .* to resume'):
+        demo.run_stage('tokenizer', str(tmp_path), 1.0)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from dreamer4_jax import config_checks
+from dreamer4_jax import config_checks, errors
 from dreamer4_jax import model_configs as mc
 from dreamer4_jax.data.synthetic import build_synthetic_dataset
 from dreamer4_jax.figures import arms as arms_lib
@@ -73,6 +73,7 @@ def test_run_arms_skips_finished_arms_and_reports_progress(tmp_path):
     def train(config, workdir):
         assert config.train.steps == 3
         trained.append(os.path.basename(workdir))
+        os.makedirs(os.path.join(workdir, 'checkpoints', '3'))
 
     arms_lib.run_arms(arms, 'fig', train=train, clock=clock, log=lines.append)
     assert trained == ['b', 'c']
@@ -80,6 +81,22 @@ def test_run_arms_skips_finished_arms_and_reports_progress(tmp_path):
     assert "1/3 arms done; training 'b'" in lines[1] and 'ETA' not in lines[1]
     assert "2/3 arms done; training 'c'" in lines[3] and lines[3].endswith('ETA 10 s')
     assert lines[-1] == '[fig] 3/3 arms done'
+
+
+def test_run_arms_stops_when_an_arm_returns_unfinished(tmp_path):
+    """SIGTERM makes the loop save a checkpoint and return: the next arm must not start on an
+    unfinished one (it once trained dynamics on a tokenizer stopped at 5,509 of 8,000 steps)."""
+    spec = f'{TINY}:dynamics,steps=3'
+    arms = [arms_lib.Arm(n, spec, str(tmp_path / n)) for n in ('a', 'b')]
+    trained = []
+
+    def train(config, workdir):
+        trained.append(os.path.basename(workdir))
+        os.makedirs(os.path.join(workdir, 'checkpoints', '2'))  # stopped at step 2 of 3
+
+    with pytest.raises(errors.Interrupted, match=r"'a' stopped before step 3 .* to resume"):
+        arms_lib.run_arms(arms, 'fig', train=train, log=lambda s: None)
+    assert trained == ['a']
 
 
 def test_unknown_figure_or_scale_is_one_line_error(tmp_path, capsys):

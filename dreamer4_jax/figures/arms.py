@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 
-from dreamer4_jax import config_checks
+from dreamer4_jax import config_checks, errors
 
 Train = Callable[[ml_collections.ConfigDict, str], object]
 
@@ -94,6 +94,11 @@ def run_arms(
         start = clock()
         os.makedirs(os.path.dirname(os.path.abspath(arm.workdir)), exist_ok=True)
         train(config, arm.workdir)
+        if not finished(arm.workdir, config.train.steps):  # SIGTERM: the loop saved and returned
+            raise errors.Interrupted(
+                f'[{label}] {arm.name!r} stopped before step {config.train.steps} in '
+                f'{arm.workdir} (checkpoint saved); run the same command again to resume'
+            )
         spent.append(clock() - start)
         log(f'[{label}] {arm.name!r} trained in {duration(spent[-1])}')
     log(f'[{label}] {total}/{total} arms done')
