@@ -44,7 +44,6 @@ from dreamer4_jax.dynamics import align_actions
 from dreamer4_jax.envs import craftax
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import agent_phase, data_sources, imagination_phase
-from dreamer4_jax.world_model import row_tasks
 
 POLICIES = ('prior', 'trained')
 REAL = ('real_paid', 'real_unpaid')
@@ -93,7 +92,6 @@ def collect(run: pretrained.Pretrained, batches: int, seed: int) -> dict:
     prior = {**trained, 'agent': {**trained['agent'], 'policy': trained['prior_policy']}}
     params = {'prior': prior, 'trained': trained}
     roll = jax.jit(functools.partial(imagination_phase.rollout, step))
-    num_tasks = step.wm.heads.config.num_tasks
     out = {p: {'task': [], 'return': [], 'action': [], 'next_reward': []} for p in POLICIES}
     data = {'action': [], 'reward': []}
     for i, batch in enumerate(itertools.islice(iter(phase.make_data(0, 1)), batches)):
@@ -106,9 +104,8 @@ def collect(run: pretrained.Pretrained, batches: int, seed: int) -> dict:
             out[name]['return'].append(reward[:, 1:].sum(axis=1))
             out[name]['action'].append(action)
             out[name]['next_reward'].append(reward[:, 1:])
-        # The same task prompts as the rollouts (row_tasks with the rollout's first key).
-        task_B, _ = row_tasks(batch, num_tasks, jax.random.split(rng)[0])
-        a, r = data_action_rewards(batch, task_B)
+        # The rollouts' own task prompts (both policies share them).
+        a, r = data_action_rewards(batch, traj.task)
         data['action'].append(a)
         data['reward'].append(r)
         print(f'[imagination_gap] batch {i + 1}/{batches}', flush=True)
