@@ -21,6 +21,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 EXIT_USER_ERROR = 2
+# A run stopped by SIGTERM after saving its checkpoint: 128 + SIGTERM, the code a shell gives a
+# process the signal ended, so schedulers and `set -e` scripts see that it did not finish.
+EXIT_PREEMPTED = 143
 DEBUG_ENV = 'DREAMER4_DEBUG'
 
 # OSErrors that the user, not the code, has to fix.

@@ -2,7 +2,8 @@
 
 Overrides: `--config.train.steps=100`. The phase is `config.phase`. Only flag parsing and
 dispatch live here; each phase is built by dreamer4_jax.train.phases. Bad input of any kind ends
-with one line `Error: ...` on stderr and exit code 2 (dreamer4_jax.errors).
+with one line `Error: ...` on stderr and exit code 2 (dreamer4_jax.errors). A run that SIGTERM
+stopped (its checkpoint saved) ends with one line saying so and exit code 143, never 0.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         raise errors.UserError(str(e)) from e
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     del argv
     # Deferred: flag and config errors (and --help) answer before jax and the models load.
     from dreamer4_jax import parallel
@@ -64,7 +65,16 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     parallel.maybe_initialize_distributed(config)
-    phases.run_phase(config, _WORKDIR.value)
+    result = phases.run_phase(config, _WORKDIR.value)
+    if result.preempted:
+        print(
+            f'Preempted: checkpoint saved at step {result.step} of {config.train.steps} in '
+            f'{_WORKDIR.value}; run the same command again to resume.',
+            file=sys.stderr,
+            flush=True,
+        )
+        return errors.EXIT_PREEMPTED
+    return 0
 
 
 def entry() -> None:

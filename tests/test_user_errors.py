@@ -445,3 +445,18 @@ def test_commands_answer_bad_input_with_one_line(tmp_path, toy_run):
         rc, lines = _run(module, *args, cwd=cwd)
         _assert_one_line(rc, lines, fragment)
     assert os.listdir(cwd) == []
+
+
+def test_a_preempted_run_exits_143_with_one_line_and_resumes(tmp_path):
+    """SIGTERM saves and stops the run: not exit 0 (a scheduler would take it for done)."""
+    workdir = str(tmp_path / 'run')
+    args = [f'--config={TOY}', f'--workdir={workdir}', '--config.train.steps=12',
+            '--config.train.checkpoint_every=100', '--config.train.log_every=4']  # fmt: skip
+    rc, lines = _run('dreamer4_jax.main', *args, '--config.debug.sigterm_at_step=5', cwd=tmp_path)
+    assert rc == errors.EXIT_PREEMPTED == 143, lines
+    preempted = [line for line in lines if line.startswith('Preempted:')]
+    assert len(preempted) == 1 and 'step 5 of 12' in preempted[0] and workdir in preempted[0]
+    assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['5']
+    rc, lines = _run('dreamer4_jax.main', *args, cwd=tmp_path)
+    assert rc == 0 and not any(line.startswith('Preempted:') for line in lines), lines
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['12', '5']
