@@ -148,6 +148,9 @@ def dynamics_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.eval_context = 4
     c.eval_horizon = 0  # 0 = the rest of the eval window
     c.eval_videos = 4
+    # psnr_sample_mean_hXX: the PSNR of the average of this many sampled futures next to the
+    # single sample's psnr_hXX (eval/open_loop.py); < 2 = off.
+    c.eval_samples = 8
     if 'transformer' in overrides:  # replace, not merge: ConfigDict.update cannot merge refs
         c.transformer = overrides.pop('transformer')
     c.update(overrides)

@@ -196,6 +196,7 @@ def test_phase_trains_and_evaluates(tmp_path, monkeypatch):
         'eval/latent_mse_h01',
         'eval/latent_mse_copy_h05',
         'eval/psnr_recon_h02',
+        'eval/psnr_sample_mean_h03',  # the default eval_samples = 8
     } <= set(evals[-1])
     assert os.path.exists(os.path.join(workdir, 'eval', 'open_loop_000002.gif'))
     ema, params = result.state.aux['ema'], result.state.params

@@ -8,6 +8,7 @@ import pytest
 
 from dreamer4_jax import generation, shortcut
 from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, init_params
+from dreamer4_jax.eval import open_loop as open_loop_lib
 from dreamer4_jax.eval.open_loop import (
     OpenLoopEvaluator,
     counterfactual_actions,
@@ -189,3 +190,44 @@ def test_copy_latent_baseline_decodes_the_last_context_latent_repeated():
             # latent decoded alone; beyond the window it is (4 static frames fill it).
             assert np.max(np.abs(static[:, 0] - last_alone[:, 0])) > 1e-4
             np.testing.assert_allclose(static[:, 4], static[:, 3], atol=1e-5)
+
+
+def test_sample_mean_psnr_averages_the_requested_number_of_futures():
+    """Futures that are the truth plus independent noise of variance s2: one sample's MSE is s2,
+    the average of S samples' s2 / S, so psnr_sample_mean sits 10 log10(S) dB above psnr."""
+    import types
+
+    b, ctx, horizon, size, s2 = 16, 2, 3, 32, 0.01
+    real = np.random.default_rng(0).uniform(0.3, 0.7, (b, ctx + horizon, size, size, 3))
+    ev = OpenLoopEvaluator.__new__(OpenLoopEvaluator)
+    ev.model = types.SimpleNamespace(config=types.SimpleNamespace(actions=()))
+    # Latents are the pixels here (one 3-channel latent per pixel), so decoding changes nothing.
+    ev.encode = lambda p, x: x.reshape(*x.shape[:2], -1, 3)
+    ev.decode = lambda p, z: z.reshape(*z.shape[:2], size, size, 3)
+    ev.scores = jax.jit(open_loop_lib._scores)
+    truth = jnp.asarray(real[:, ctx:], jnp.float32).reshape(b, horizon, -1, 3)
+    calls = []
+
+    def rollout(params, z_ctx, actions, has, key, horizon):
+        calls.append(key)
+        return truth + np.sqrt(s2) * jax.random.normal(key, truth.shape)
+
+    ev.rollout = rollout
+    batch = {
+        'image': (real * 255).astype(np.float32),
+        'action': {'discrete': np.zeros((b, ctx + horizon), np.int32)},
+        'has_action': np.ones((b, ctx + horizon), bool),
+    }
+    for samples in (0, 8):
+        calls.clear()
+        out = ev(None, None, batch, context=ctx, rng=jax.random.key(0), mean_samples=samples)
+        if samples == 0:
+            assert len(calls) == 2 and not any('sample_mean' in k for k in out)
+            continue
+        # The first sample, the noise sample and 6 more, all with different noise.
+        assert len(calls) == samples
+        assert len({tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in calls}) == samples
+        for h in range(1, horizon + 1):
+            gain = out[f'psnr_sample_mean_h{h:02d}'] - out[f'psnr_h{h:02d}']
+            assert gain == pytest.approx(10 * np.log10(samples), abs=0.15)
+        assert out['psnr_h01'] == pytest.approx(-10 * np.log10(s2), abs=0.1)

@@ -16,7 +16,14 @@ next H frames with the cached sampler, decode them, and compare with the real fr
   counterfactual_mse      pixel MSE between futures generated from the SAME context and noise
                           with the real vs. random actions (action conditioning at work);
   noise_mse               pixel MSE between two futures with the same actions and different
-                          noise (what sampling alone changes; the counterfactual should exceed it).
+                          noise (what sampling alone changes; the counterfactual should exceed it);
+  psnr_sample_mean_hXX    with `mean_samples` = S >= 2: the PSNR of the pixel average of S futures
+                          sampled with the real actions (the model's estimate of the expected
+                          frame). A single sample's squared error is the mean's plus the
+                          samples' variance, so a sharp sample of an uncertain future scores
+                          below the average it is drawn around; a deterministic baseline such
+                          as copy-last pays no such term. Reported next to psnr_hXX, not
+                          instead of it.
 Writes a GIF: per row [real | context reconstruction, then generated], a green bar over context
 frames and a red bar over generated ones.
 
@@ -180,6 +187,7 @@ class OpenLoopEvaluator:
         rng: jax.Array,
         video_path: str | None = None,
         num_videos: int = 4,
+        mean_samples: int = 0,
     ) -> dict:
         real = jnp.asarray(batch['image'], jnp.float32) / 255.0
         b, length = real.shape[:2]
@@ -221,6 +229,17 @@ class OpenLoopEvaluator:
             out['counterfactual_latent_mse'] = float(jnp.mean((gen_cf - gen) ** 2))
         _, pix_noise = future(acts, has, rng_noise)
         out['noise_mse'] = float(jnp.mean((pix_noise - pix)[:, context:] ** 2))
+        if mean_samples >= 2:
+            total = gen_pix + pix_noise[:, context:]
+            for i in range(mean_samples - 2):
+                total = (
+                    total + future(acts, has, jax.random.fold_in(rng_noise, i + 1))[1][:, context:]
+                )
+            mean_psnr = jax.device_get(psnr_of_mean_mse(total / mean_samples, real[:, context:]))
+            out['psnr_sample_mean'] = float(mean_psnr.mean())
+            out.update(
+                {f'psnr_sample_mean_h{h + 1:02d}': float(mean_psnr[h]) for h in range(horizon)}
+            )
 
         if video_path is not None and jax.process_index() == 0:
             # The context as the tokenizer sees it (the decoder is causal: equal to the first

@@ -358,6 +358,8 @@ def make_phase(
             rng=jax.random.key(0),
             video_path=os.path.join(workdir, 'eval', f'open_loop_{step_:06d}.gif'),
             num_videos=int(dc.eval_videos),
+            # Runs saved before the field existed evaluate one sample only.
+            mean_samples=int(dc.get('eval_samples', 0)),
         )
 
     return Phase(
