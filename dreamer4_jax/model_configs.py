@@ -92,6 +92,9 @@ def tokenizer_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.lpips_frames = 0  # LPIPS on the last N frames of each row; 0 = all frames
     c.rms_beta = 0.95  # PAPER 6.6 [R]
     c.eval_mask_prob = 0.75
+    # EMA of the weights, which evaluation, the latent cache and later phases then use; 0 = off
+    # (PAPER 8 keeps one for sampling the dynamics; for the tokenizer it is silent [U]).
+    c.ema_decay = 0.0
     for key, value in overrides.items():  # not update(): it cannot merge typed placeholders
         if key not in c:
             raise ValueError(f'unknown tokenizer field {key!r}')
