@@ -147,9 +147,22 @@ def test_counterfactual_actions_change_only_the_future():
         assert not np.array_equal(np.asarray(new[name][:, 4:]), np.asarray(acts[name][:, 4:]))
     np.testing.assert_array_equal(new['x'][:, 4:], -1.0)
     np.testing.assert_array_equal(new_has, np.arange(6)[None].repeat(2, 0) >= 4)
-    frames = side_by_side(np.zeros((3, 6, 16, 16, 3)), np.ones((3, 6, 16, 16, 3)), 4, 2)
+    frames = side_by_side(
+        np.zeros((3, 6, 16, 16, 3)), np.ones((3, 6, 16, 16, 3)), context=4, num_rows=2
+    )
     assert frames.shape == (6, 2 * 18 + 2, 2 * 18 + 2, 3) and frames.dtype == np.uint8
     assert tuple(frames[0, 2, 20]) == (0, 200, 0) and tuple(frames[5, 2, 20]) == (220, 0, 0)
+    # A third column (the sample average) gets its own bars; the real column none.
+    three = side_by_side(
+        np.zeros((3, 6, 16, 16, 3)),
+        np.ones((3, 6, 16, 16, 3)),
+        np.full((3, 6, 16, 16, 3), 0.5),
+        context=4,
+        num_rows=2,
+    )
+    assert three.shape == (6, 2 * 18 + 2, 3 * 18 + 2, 3)
+    assert tuple(three[5, 2, 38]) == (220, 0, 0) and tuple(three[5, 10, 42]) == (128, 128, 128)
+    assert tuple(three[5, 2, 2]) == (0, 0, 0)
 
 
 def test_latent_mse_per_horizon_matches_numpy_and_scores_copying():

@@ -24,8 +24,9 @@ next H frames with the cached sampler, decode them, and compare with the real fr
                           below the average it is drawn around; a deterministic baseline such
                           as copy-last pays no such term. Reported next to psnr_hXX, not
                           instead of it.
-Writes a GIF: per row [real | context reconstruction, then generated], a green bar over context
-frames and a red bar over generated ones.
+Writes a GIF: per row [real | context reconstruction, then one generated sample | the same context,
+then the average of the `mean_samples` futures (when >= 2)], a green bar over context frames and a
+red bar over generated ones.
 
 Dimension keys: B batch, L = T + H frames, T context, H horizon, N latents, C channels, H/W pixels.
 """
@@ -73,17 +74,20 @@ def counterfactual_actions(
 
 
 def side_by_side(
-    real_BLHWC: np.ndarray, gen_BLHWC: np.ndarray, context: int, num_rows: int
+    real_BLHWC: np.ndarray, *model_BLHWC: np.ndarray, context: int, num_rows: int
 ) -> np.ndarray:
-    """[L, H', W', 3] uint8 frames: rows of [real | model], colored bars mark context/generated."""
-    gen = image_io.to_uint8(gen_BLHWC[:num_rows]).copy()
-    bar = max(1, gen.shape[2] // 32)
-    gen[:, :context, :bar] = (0, 200, 0)
-    gen[:, context:, :bar] = (220, 0, 0)
-    real = image_io.to_uint8(real_BLHWC[:num_rows])
+    """[L, H', W', 3] uint8 frames: rows of [real | model | model ...], colored bars mark the
+    context (green) and generated (red) frames of every model column."""
+    columns = [image_io.to_uint8(real_BLHWC[:num_rows])]
+    for gen_BLHWC in model_BLHWC:
+        gen = image_io.to_uint8(gen_BLHWC[:num_rows]).copy()
+        bar = max(1, gen.shape[2] // 32)
+        gen[:, :context, :bar] = (0, 200, 0)
+        gen[:, context:, :bar] = (220, 0, 0)
+        columns.append(gen)
     frames = []
-    for t in range(real.shape[1]):
-        rows = [np.stack([real[i, t], gen[i, t]]) for i in range(real.shape[0])]
+    for t in range(columns[0].shape[1]):
+        rows = [np.stack([col[i, t] for col in columns]) for i in range(columns[0].shape[0])]
         frames.append(image_io.grid(rows))
     return np.stack(frames)
 
@@ -229,13 +233,14 @@ class OpenLoopEvaluator:
             out['counterfactual_latent_mse'] = float(jnp.mean((gen_cf - gen) ** 2))
         _, pix_noise = future(acts, has, rng_noise)
         out['noise_mse'] = float(jnp.mean((pix_noise - pix)[:, context:] ** 2))
+        columns = [gen_pix]  # what the GIF shows after the context: a sample, then the mean
         if mean_samples >= 2:
             total = gen_pix + pix_noise[:, context:]
             for i in range(mean_samples - 2):
-                total = (
-                    total + future(acts, has, jax.random.fold_in(rng_noise, i + 1))[1][:, context:]
-                )
-            mean_psnr = jax.device_get(psnr_of_mean_mse(total / mean_samples, real[:, context:]))
+                key = jax.random.fold_in(rng_noise, i + 1)
+                total = total + future(acts, has, key)[1][:, context:]
+            columns.append(total / mean_samples)
+            mean_psnr = jax.device_get(psnr_of_mean_mse(columns[-1], real[:, context:]))
             out['psnr_sample_mean'] = float(mean_psnr.mean())
             out.update(
                 {f'psnr_sample_mean_h{h + 1:02d}': float(mean_psnr[h]) for h in range(horizon)}
@@ -244,7 +249,8 @@ class OpenLoopEvaluator:
         if video_path is not None and jax.process_index() == 0:
             # The context as the tokenizer sees it (the decoder is causal: equal to the first
             # frames of a decode of the whole window).
-            shown = jnp.concatenate([self.decode(tokenizer_params, z_ctx), gen_pix], axis=1)
-            frames = side_by_side(np.asarray(real), np.asarray(shown), context, num_videos)
+            ctx_pix = self.decode(tokenizer_params, z_ctx)
+            shown = [np.asarray(jnp.concatenate([ctx_pix, c], axis=1)) for c in columns]
+            frames = side_by_side(np.asarray(real), *shown, context=context, num_rows=num_videos)
             image_io.save_video(video_path, frames, fps=4, scale=2)
         return out

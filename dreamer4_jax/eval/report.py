@@ -100,7 +100,11 @@ def write_report(workdir: str, stages: Sequence[str], *, title: str = 'dreamer4_
             md += [f'Latest evaluation image (`{rel(grid)}`):', '', f'![{stage}]({rel(grid)})', '']
         videos = sorted(glob.glob(os.path.join(stage_dir, 'eval', '**', '*.gif'), recursive=True))
         if videos:
-            md += ['Videos (left: real, right: generated):', '']
+            md += [
+                'Videos (left: real; then generated: one sample, and the average of several '
+                'samples where the run evaluates it):',
+                '',
+            ]
             md += [f'![video]({rel(v)})' for v in videos[-4:]]
             md.append('')
         table = _latest(os.path.join(stage_dir, '**', '*success*.md'))
