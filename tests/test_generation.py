@@ -1,5 +1,7 @@
 """Frame-by-frame generation (PAPER 7): KV cache vs recomputation, cache bounds, commit pass."""
 
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -208,8 +210,6 @@ def test_copy_latent_baseline_decodes_the_last_context_latent_repeated():
 def test_sample_mean_psnr_averages_the_requested_number_of_futures():
     """Futures that are the truth plus independent noise of variance s2: one sample's MSE is s2,
     the average of S samples' s2 / S, so psnr_sample_mean sits 10 log10(S) dB above psnr."""
-    import types
-
     b, ctx, horizon, size, s2 = 16, 2, 3, 32, 0.01
     real = np.random.default_rng(0).uniform(0.3, 0.7, (b, ctx + horizon, size, size, 3))
     ev = OpenLoopEvaluator.__new__(OpenLoopEvaluator)
