@@ -4,6 +4,7 @@ One tiny dataset (4 episodes of at most 40 frames) is collected for the whole mo
 """
 
 import copy
+import json
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +137,90 @@ def test_env_steps_are_absorbing_after_the_last_frame(cfg, env, step_fn, worlds)
     assert float(ts2.reward) == 0 and not ts2.unlocked.any() and bool(ts2.is_last)
     np.testing.assert_array_equal(np.asarray(ts2.frame), np.asarray(ts.frame))
     jax.tree.map(np.testing.assert_array_equal, frozen, state)
+
+
+def test_events_single_counts_repeats_and_leaves_the_step_alone(cfg, env, step_fn, worlds):
+    """events_single: the same step from the state with achievements cleared. Everything but the
+    achievements matches the real step (frame, inventory, map, mobs, RNG-driven moves), and a
+    second tree felled is a collect_wood event though it unlocks nothing."""
+    events_fn = jax.jit(env.events_single)
+    clear_step = jax.jit(
+        lambda s, a, k: step_fn(s.replace(achievements=jnp.zeros_like(s.achievements)), a, k)
+    )
+    state, _ = world(worlds, 2)
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        action, key = jnp.int32(rng.integers(17)), jax.random.PRNGKey(100 + t)
+        real, ts = step_fn(state, action, key)
+        cleared, ts_cleared = clear_step(state, action, key)
+        np.testing.assert_array_equal(np.asarray(ts.frame), np.asarray(ts_cleared.frame))
+        real_but_cleared = real.replace(achievements=cleared.achievements)
+        same = jax.tree.map(np.array_equal, real_but_cleared, cleared)
+        assert all(jax.tree.leaves(same)), t
+        events = np.asarray(events_fn(state, action, key))
+        np.testing.assert_array_equal(events, np.asarray(cleared.achievements))
+        assert not (np.asarray(ts.unlocked) & ~events).any()  # every unlock is an event
+        state = real
+    # A tree in front, wood already collected once: no unlock, one event.
+    pos = np.asarray(state.player_position)
+    wood = ACHIEVEMENT_NAMES.index('collect_wood')
+    tree = state.replace(
+        map=state.map.at[pos[0], pos[1] + 1].set(BlockType.TREE.value),
+        player_direction=like(state.player_direction, Action.RIGHT.value),
+        achievements=state.achievements.at[wood].set(True),
+        is_sleeping=jnp.zeros_like(state.is_sleeping),
+    )
+    do = jnp.int32(Action.DO.value)
+    felled, ts = step_fn(tree, do, jax.random.PRNGKey(0))
+    assert int(felled.inventory.wood) == int(tree.inventory.wood) + 1
+    assert not np.asarray(ts.unlocked).any()
+    events = np.asarray(events_fn(tree, do, jax.random.PRNGKey(0)))
+    assert events[wood] and events.sum() == 1
+    # A state that is already last is absorbing: no events either.
+    last = tree.replace(timestep=like(tree.timestep, MAX_STEPS - 1))
+    assert not np.asarray(events_fn(last, do, jax.random.PRNGKey(0))).any()
+
+
+def test_every_task_event_dataset_has_the_same_episodes(cfg, step_fn, worlds, env):
+    """task_events='every': the same frames, actions and rewards as 'first'; each row's events are
+    the replayed step's events_single, a superset of the unlocks; 'first' keeps old datasets'
+    settings (no new key), 'every' names another dataset."""
+    every = copy.deepcopy(cfg)
+    every.name, every.collect.task_events = 'craftax_test_every', 'every'
+    assert 'task_events' not in collection_settings(cfg)
+    assert collection_settings(every)['task_events'] == 'every'
+    build.ensure_dataset(every, progress=False)
+    _, first_eps = read_episodes(cfg, 'train')
+    meta, every_eps = read_episodes(every, 'train')
+    events_fn = jax.jit(env.events_single)
+    key_env = rollout.rollout_keys(cfg.collect.seed)[1]
+    repeats = 0
+    for pos, (a, b) in enumerate(zip(first_eps, every_eps, strict=True)):
+        for k in ('image', 'action', 'reward', 'is_last', 'is_terminal'):
+            np.testing.assert_array_equal(a[k], b[k])
+        assert not (a['task_event'] & ~b['task_event']).any()
+        repeats += int(b['task_event'].sum() - a['task_event'].sum())
+        e = int(meta.splits['train'].episode_ids[pos])
+        state, _ = world(worlds, e)
+        for t in range(len(b['step']) - 1):
+            key = rollout.episode_step_key(key_env, e, t)
+            action = jnp.int32(b['action'][t])
+            events = np.asarray(events_fn(state, action, key))
+            np.testing.assert_array_equal(events, b['task_event'][t + 1])
+            state, _ = step_fn(state, action, key)
+    assert repeats > 0  # the seeker fells more than one tree in 40 steps
+    # The card counts events per episode next to the coverage; they differ only for 'every'.
+    cards = [json.loads((build.dataset_path(c) / 'dataset_card.json').read_text())['overall']
+             for c in (cfg, every)]  # fmt: skip
+    assert cards[0]['coverage'] == cards[1]['coverage'] == cards[0]['events_per_episode']
+    per = cards[1]['events_per_episode']
+    stored = sum(int(e['task_event'].sum()) for e in every_eps + read_episodes(every, 'eval')[1])
+    assert sum(per.values()) * cards[1]['episodes'] == pytest.approx(stored)
+    assert any(per[t] > cards[1]['coverage'][t] for t in per)
+    bad = copy.deepcopy(cfg)
+    bad.collect.task_events = 'all'
+    with pytest.raises(Exception, match='task_events'):
+        build.ensure_dataset(bad, progress=False)
 
 
 @pytest.fixture(scope='module')

@@ -276,6 +276,7 @@ def _collect_craftax(cfg, stage, progress) -> dict[str, Any]:
         pool_size=col.pool_size,
         chunk_steps=col.chunk_steps,
         progress=progress,
+        task_events=col.get('task_events', 'first'),
     )
     return {
         'collection_seconds': round(stats.seconds, 2),

@@ -67,6 +67,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.collect.epsilon = 0.05  # seeker: probability of a uniformly random action
     c.collect.pool_size = 1024  # pre-generated worlds; episode e starts in world e % pool_size
     c.collect.chunk_steps = 32  # env steps per jitted scan
+    # Which achievement events are task rewards: 'first' (the unlock, once per episode, as the
+    # game's own reward) or 'every' (each occurrence, as VPT counts its events, PAPER 11; the
+    # reward is then what the frames show, not whether it happened earlier in the episode).
+    c.collect.task_events = 'first'
 
     c.vpt = ml_collections.ConfigDict()
     c.vpt.dir = ''  # folder of <id>.mp4 + <id>.jsonl recordings (source='vpt')
@@ -131,6 +135,8 @@ def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False
             fail('collect', 'num_envs, chunk_steps, pool_size and max_repeat must be >= 1')
         if not 0.0 <= col.epsilon <= 1.0:
             fail('collect.epsilon', f'{col.epsilon} must be in [0, 1]')
+        if col.get('task_events', 'first') not in ('first', 'every'):
+            fail('collect.task_events', f'{col.task_events!r} must be "first" or "every"')
         mix = dict(col.policy_mix)
         bad_weight = any(not (0.0 <= v < float('inf')) for v in mix.values())
         if set(mix) - set(POLICY_NAMES) or bad_weight or sum(mix.values()) <= 0:
@@ -156,6 +162,8 @@ def collection_settings(cfg: ml_collections.ConfigDict) -> dict:
         col['policy_mix'] = policy_mix_key(col['policy_mix'])
         col.pop('chunk_steps')  # speed only
         col.pop('num_envs')
+        if col.get('task_events', 'first') == 'first':  # the datasets built before the option
+            col.pop('task_events', None)
         return {**base, **col}
     v = cfg.vpt
     return {**base, 'vpt_dir': str(v.dir), 'strict': bool(v.strict),

@@ -7,7 +7,10 @@ Row t of an episode (DESIGN.md section 3; the one place this alignment is decide
   action[t]       the action taken AFTER observing frame t (placeholder -1 at the last frame, where
                   no action was taken: has_action[t] = False there)
   reward[t]       env reward of the transition INTO frame t (reward[0] = 0), i.e. for action[t-1]
-  task_event[t]   achievements first unlocked by that same transition (task reward at t)
+  task_event[t]   task events of that same transition (task reward at t): the achievements it
+                  first unlocks (task_events='first') or every achievement event it contains,
+                  repeats included (task_events='every', as VPT counts its events;
+                  CraftaxEnv.events_single)
   is_first / is_last / is_terminal: episode start, end (death or truncation at max_steps), death.
 
 Determinism: episode e starts from pool world e % pool_size and draws its env and policy keys
@@ -35,6 +38,7 @@ class _Carry(NamedTuple):
     state: EnvState
     ts: TimeStep
     pstate: policies.PolicyState
+    events: jax.Array  # bool [N, A], task events of the transition into ts.frame (module doc)
     episode: jax.Array  # int32 [N], -1 when the slot is idle
     next_episode: jax.Array  # int32 scalar, next episode id to start
 
@@ -68,8 +72,16 @@ def assign_policies(num_episodes: int, mix: Mapping[str, float], seed: int) -> n
     return np.random.default_rng(seed).permutation(ids).astype(np.int32)
 
 
+TASK_EVENTS = ('first', 'every')
+
+
 def _make_chunk_fn(
-    env: CraftaxEnv, num_steps: int, max_repeat: int, epsilon: float, used: tuple[int, ...]
+    env: CraftaxEnv,
+    num_steps: int,
+    max_repeat: int,
+    epsilon: float,
+    used: tuple[int, ...],
+    task_events: str = 'first',
 ):
     """Jitted: carry, pool, policy_of_episode, num_episodes, keys -> carry, rows [K, N, ...]."""
 
@@ -92,16 +104,19 @@ def _make_chunk_fn(
             action=jnp.where(has_action, action, -1),
             has_action=has_action,
             reward=carry.ts.reward,
-            task_event=carry.ts.unlocked,
+            task_event=carry.events,
             is_first=carry.ts.is_first,
             is_last=carry.ts.is_last,
             is_terminal=carry.ts.is_terminal,
             episode=ep,
             step=t,
         )
-        stepped_state, stepped_ts = jax.vmap(env.step_single)(
-            carry.state, action, fold(k_env, ep_safe, t)
-        )
+        step_keys = fold(k_env, ep_safe, t)
+        stepped_state, stepped_ts = jax.vmap(env.step_single)(carry.state, action, step_keys)
+        if task_events == 'every':  # a second env step (same key) that only reads the events
+            stepped_events = jax.vmap(env.events_single)(carry.state, action, step_keys)
+        else:
+            stepped_events = stepped_ts.unlocked
         # Slots whose episode just ended (or idle ones) take the next episode ids in slot order.
         restart = carry.ts.is_last | (ep < 0)
         new_ep = carry.next_episode + jnp.cumsum(restart) - 1
@@ -117,6 +132,7 @@ def _make_chunk_fn(
         new_carry = _Carry(
             state=jax.tree.map(pick, reset_state, stepped_state),
             ts=jax.tree.map(pick, reset_ts, stepped_ts),
+            events=pick(jnp.zeros_like(stepped_events), stepped_events),
             pstate=jax.tree.map(pick, init_p, pstate),
             episode=jnp.where(restart, new_ep, ep),
             next_episode=jnp.minimum(carry.next_episode + restart.sum(), num_episodes),
@@ -206,18 +222,22 @@ def collect_episodes(
     pool_size: int = 1024,
     chunk_steps: int = 32,
     progress: bool = True,
+    task_events: str = 'first',
 ) -> CollectStats:
     """Runs `num_episodes` Craftax episodes with `num_envs` parallel envs; calls `on_episode`
-    once per finished episode (in completion order) with an Episode dict."""
+    once per finished episode (in completion order) with an Episode dict. `task_events` says
+    which events become task rewards (module doc); the episodes are the same either way."""
     if len(policy_of) != num_episodes:
         raise ValueError(f'policy_of has {len(policy_of)} entries for {num_episodes} episodes')
+    if task_events not in TASK_EVENTS:
+        raise ValueError(f'task_events={task_events!r}; choose one of {TASK_EVENTS}')
     start = time.perf_counter()
     env = CraftaxEnv(max_steps=max_steps)
     num_envs = min(num_envs, num_episodes)
     key_world, key_env, key_pol = rollout_keys(seed)
     pool = env.make_pool(key_world, min(pool_size, num_episodes), chunk=min(num_envs, 64))
     used = tuple(sorted({int(p) for p in np.asarray(policy_of)}))
-    chunk = _make_chunk_fn(env, chunk_steps, max_repeat, epsilon, used)
+    chunk = _make_chunk_fn(env, chunk_steps, max_repeat, epsilon, used, task_events)
 
     first = jnp.arange(num_envs, dtype=jnp.int32)
     state, ts = env.reset_from_pool(pool, first % pool.frames.shape[0])
@@ -225,6 +245,7 @@ def collect_episodes(
         _Carry(
             state=state,
             ts=ts,
+            events=jnp.zeros_like(ts.unlocked),
             pstate=jax.vmap(lambda _: policies.init_policy_state())(first),
             episode=first,
             next_episode=jnp.asarray(num_envs, jnp.int32),

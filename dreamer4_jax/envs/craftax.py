@@ -141,6 +141,22 @@ class CraftaxEnv:
         )
         return strong_types((new_state, ts))
 
+    def events_single(self, state: EnvState, action: jax.Array, key: jax.Array) -> jax.Array:
+        """bool [K]: the achievement events of the step `step_single(state, action, key)` takes,
+        repeats included (a second tree felled is a collect_wood event; `unlocked` has only the
+        first). VPT's task events count every occurrence too (data/vpt.py, PAPER 11).
+
+        Craftax marks an event by OR-ing it into `state.achievements` and reads achievements for
+        nothing but the reward, so the same step (same key) from the state with achievements
+        cleared leaves exactly this step's events there (tests/test_data_collect.py checks that
+        everything else matches the real step).
+        """
+        cleared = state.replace(achievements=jnp.zeros_like(state.achievements))
+        stepped, _ = game_logic.craftax_step(
+            key, cleared, action, self.params, self.env.static_env_params
+        )
+        return jnp.logical_and(stepped.achievements, jnp.logical_not(self.is_last(state)))
+
     def first_timestep(self, state: EnvState, frame: jax.Array) -> TimeStep:
         ts = TimeStep(
             frame=frame,
