@@ -218,9 +218,10 @@ def test_every_task_event_dataset_has_the_same_episodes(cfg, step_fn, worlds, en
     assert sum(per.values()) * cards[1]['episodes'] == pytest.approx(stored)
     assert any(per[t] > cards[1]['coverage'][t] for t in per)
     bad = copy.deepcopy(cfg)
-    bad.collect.task_events = 'all'
-    with pytest.raises(Exception, match='task_events'):
+    bad.name, bad.collect.task_events = 'craftax_test_bad', 'all'
+    with pytest.raises(Exception, match='collect.task_events: .all. must be "first" or "every"'):
         build.ensure_dataset(bad, progress=False)
+    assert not build.dataset_path(bad).exists()
 
 
 @pytest.fixture(scope='module')
