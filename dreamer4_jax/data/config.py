@@ -17,6 +17,8 @@ from dreamer4_jax.errors import UserError
 SOURCES = ('craftax', 'vpt')
 MODES = ('uniform', 'relevant', 'mixture')
 LATENT_MODES = ('on_the_fly', 'cache')
+# Values of collect.task_events: which achievement events become task rewards (data/rollout.py).
+TASK_EVENTS = ('first', 'every')
 
 
 class DataError(UserError, ValueError):
@@ -135,7 +137,7 @@ def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False
             fail('collect', 'num_envs, chunk_steps, pool_size and max_repeat must be >= 1')
         if not 0.0 <= col.epsilon <= 1.0:
             fail('collect.epsilon', f'{col.epsilon} must be in [0, 1]')
-        if col.get('task_events', 'first') not in ('first', 'every'):
+        if col.get('task_events', 'first') not in TASK_EVENTS:
             fail('collect.task_events', f'{col.task_events!r} must be "first" or "every"')
         mix = dict(col.policy_mix)
         bad_weight = any(not (0.0 <= v < float('inf')) for v in mix.values())

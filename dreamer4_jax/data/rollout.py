@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamer4_jax.data import policies
+from dreamer4_jax.data.config import TASK_EVENTS
 from dreamer4_jax.envs.craftax import CraftaxEnv, EnvState, ResetPool, TimeStep, strong_types
 
 Episode = dict[str, Any]  # numpy arrays with leading dim L (see module doc) plus metadata
@@ -70,9 +71,6 @@ def assign_policies(num_episodes: int, mix: Mapping[str, float], seed: int) -> n
     counts[np.argsort(-frac)[: num_episodes - counts.sum()]] += 1
     ids = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
     return np.random.default_rng(seed).permutation(ids).astype(np.int32)
-
-
-TASK_EVENTS = ('first', 'every')
 
 
 def _make_chunk_fn(
