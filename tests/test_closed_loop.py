@@ -12,9 +12,12 @@ import pytest
 
 from dreamer4_jax import dynamics as dyn
 from dreamer4_jax.agent import AgentConfig, AgentHeads, init_agent_params
+from dreamer4_jax.envs import craftax
 from dreamer4_jax.envs.craftax import ACHIEVEMENT_NAMES, TimeStep
 from dreamer4_jax.eval import closed_loop
 from dreamer4_jax.eval.success_table import (
+    death_cell,
+    ladder_cell,
     mean_interval,
     rates_from_unlocks,
     return_cell,
@@ -81,6 +84,10 @@ class CountingEnv:
         last = state['t'] >= 2 + jnp.arange(n)
         return TimeStep(frame, unlocked.any(-1).astype(jnp.float32), unlocked, first, last, last)
 
+    def death_cause(self, state):
+        # A cause that depends on the state the episode ended in: its step count mod 3.
+        return state['t'] % 3
+
     def step(self, state, actions, key):
         del key
         done = state['t'] >= 2 + jnp.arange(state['t'].shape[0])
@@ -110,11 +117,54 @@ def test_play_counts_real_unlocks_and_walks_the_ladder():
     assert out['length'].tolist() == [2, 3, 4]
     assert out['return'].tolist() == [2.0, 3.0, 3.0]
     assert out['final_task'].tolist() == [1, 1, 1]
+    # Every episode ends terminal here; the cause is read from the state it ended in (t = 2 + e).
+    assert out['death_cause'].tolist() == [2, 0, 1]
     single = closed_loop.play(env, pol, {}, jax.random.key(0), 4, 3, [1], max_steps=10)
     np.testing.assert_array_equal(single['unlocked'], [[0, 1, 0]] * 4)  # 2 batches, 4 kept
     # The step limit truncates: at max_steps=2 only one env step is taken.
     short = closed_loop.play(env, pol, {}, jax.random.key(0), 3, 3, [2, 0, 1], max_steps=2)
     np.testing.assert_array_equal(short['unlocked'], [[0, 0, 1]] * 3)
+    assert short['death_cause'].tolist() == [-1, -1, -1]  # cut by the step limit, not dead
+
+
+def test_episode_stats_count_deaths_by_cause():
+    out = {
+        'return': np.asarray([1.0, 2.0, 3.0, 6.0]),
+        'length': np.asarray([5, 5, 10, 20]),
+        'death_cause': np.asarray([-1, 2, 2, 0]),
+        # Ladder = achievements 2 and 0; achievement 1 (unprompted) does not count: 1, 2, 0, 1.
+        'unlocked': np.asarray([[1, 1, 0], [1, 1, 1], [0, 1, 0], [0, 0, 1]], bool),
+    }
+    st = closed_loop._stats(out, ('lava', 'need_at_zero', 'damage'), [2, 0])
+    assert st['mean_length'] == 10.0 and st['mean_return'] == 3.0
+    # Rungs per episode 1, 2, 0, 1: mean 1, sample std sqrt(2 / 3), half width 1.96 * that / 2.
+    half = 1.96 * np.sqrt(2 / 3) / 2
+    assert st['ladder_unlocks'] == 1.0
+    assert st['ladder_unlocks_ci_low'] == pytest.approx(1 - half)
+    assert ladder_cell(st) == f'1.00 [{1 - half:.2f}, {1 + half:.2f}]'
+    assert ladder_cell({'mean_return': 1.0}) == '-'
+    assert st['died'] == 0.75
+    assert (st['died/lava'], st['died/need_at_zero'], st['died/damage']) == (0.25, 0.0, 0.5)
+    assert death_cell(st) == '75 % (lava 25, need at zero 0, damage 50)'
+    assert death_cell({'mean_length': 1.0, 'mean_return': 1.0}) == '-'  # older results
+
+
+def test_craftax_death_cause_from_state():
+    env = craftax.CraftaxEnv(max_steps=10)
+    states, _ = env.reset(jax.random.key(0), 1)
+    s = jax.tree.map(lambda x: x[0], states)
+    pos = s.player_position
+    lava = s.replace(map=s.map.at[pos[0], pos[1]].set(craftax.BlockType.LAVA.value))
+    hungry = s.replace(player_food=jnp.asarray(0, s.player_food.dtype))
+    tired = s.replace(player_energy=jnp.asarray(0, s.player_energy.dtype))
+    asleep = tired.replace(is_sleeping=jnp.asarray(True))
+    causes = [craftax.death_cause(x) for x in (s, lava, hungry, tired, asleep)]
+    names = [craftax.DEATH_CAUSES[int(c)] for c in causes]
+    # Lava first; a need at zero (energy counts as met while asleep, as Craftax's own rule); else
+    # damage.
+    assert names == ['damage', 'lava', 'need_at_zero', 'need_at_zero', 'damage']
+    batched = jax.tree.map(lambda a, b: jnp.stack([a, b]), lava, hungry)
+    assert env.death_cause(batched).tolist() == [0, 1]
 
 
 def test_tables_written_with_rates_and_intervals(tmp_path):
@@ -132,7 +182,7 @@ def test_tables_written_with_rates_and_intervals(tmp_path):
     json_path, md_path = write_tables(str(tmp_path), results)
     assert json.load(open(json_path))['ladder']['rates']['random']['a']['episodes'] == 4
     md = open(md_path).read()
-    assert '| a | 75.0 [30, 95] |' in md and '| random | 3.0 | 1.00 |' in md
+    assert '| a | 75.0 [30, 95] |' in md and '| random | 3.0 | 1.00 | - | - |' in md
     assert not [f for f in os.listdir(tmp_path) if f.startswith('.tmp')]
 
 
@@ -242,6 +292,12 @@ def test_random_policy_in_real_craftax_writes_tables(tmp_path):
     res = closed_loop.evaluate_agents({'random': 'random'}, str(tmp_path), cfg)
     rates = res['ladder']['rates']['random']
     assert set(rates) == set(ACHIEVEMENT_NAMES) and rates['collect_wood']['episodes'] == 3
-    assert 0 < res['ladder']['episode_stats']['random']['mean_length'] <= 5
+    stats = res['ladder']['episode_stats']['random']
+    assert 0 < stats['mean_length'] <= 5
+    # Nobody dies in 5 steps from a fresh world: every episode ends at the step limit.
+    assert stats['died'] == 0.0 and all(stats[f'died/{c}'] == 0.0 for c in craftax.DEATH_CAUSES)
+    ladder = [craftax.achievement_index(n) for n in cfg.ladder.split(',')]
+    unlocks = sum(rates[ACHIEVEMENT_NAMES[i]]['successes'] for i in ladder)
+    assert stats['ladder_unlocks'] == pytest.approx(unlocks / 3)
     assert list(res['single']['rates']['random']) == ['wake_up']
     assert sorted(os.listdir(tmp_path)) == ['success.json', 'success.md']

@@ -36,6 +36,8 @@ FRAME_SHAPE = (64, 64, 3)
 RAW_FRAME_SHAPE = (63, 63, 3)
 # Craftax's own step limit; our episodes are truncated at `max_steps` <= this.
 CRAFTAX_MAX_TIMESTEPS = 10000
+# What a death is put down to (`death_cause`), in order of precedence.
+DEATH_CAUSES: tuple[str, ...] = ('lava', 'need_at_zero', 'damage')
 
 EnvState = Any  # craftax.craftax_classic.envs.craftax_state.EnvState (a flax struct pytree)
 
@@ -78,6 +80,23 @@ def is_terminal(state: EnvState) -> jax.Array:
     return jnp.logical_or(state.player_health <= 0, in_lava)
 
 
+def death_cause(state: EnvState) -> jax.Array:
+    """int32 index into DEATH_CAUSES of what ended a dead player's episode (meaningful only
+    where `is_terminal`).
+
+    Craftax-Classic takes health in two ways: 1 point at a time while food, drink or energy is
+    at zero (energy counts as met while asleep), and hits from zombies, skeletons' arrows and
+    lava. A death while a need is at zero is put down to that need, even where a hit in the
+    same step did the rest (an attribution, not a measurement); a death with every need above
+    zero is damage.
+    """
+    pos = state.player_position
+    in_lava = state.map[pos[0], pos[1]] == BlockType.LAVA.value
+    energy_out = jnp.logical_and(state.player_energy <= 0, jnp.logical_not(state.is_sleeping))
+    need_out = (state.player_food <= 0) | (state.player_drink <= 0) | energy_out
+    return jnp.where(in_lava, 0, jnp.where(need_out, 1, 2)).astype(jnp.int32)
+
+
 @jax.jit
 def generate_worlds(key: jax.Array, ids: jax.Array) -> tuple[EnvState, jax.Array]:
     """Initial states and frames [N, 64, 64, 3] of worlds generate(fold_in(key, i)), i in ids.
@@ -117,6 +136,10 @@ class CraftaxEnv:
     # Single-environment pieces (vmapped below; also used by the collector's scan).
     def render(self, state: EnvState) -> jax.Array:
         return obs_to_frame(self.env.get_obs(state))
+
+    def death_cause(self, states: EnvState) -> jax.Array:
+        """int32 [N] indices into DEATH_CAUSES (see the module function)."""
+        return jax.vmap(death_cause)(states)
 
     def is_last(self, state: EnvState) -> jax.Array:
         return jnp.logical_or(is_terminal(state), state.timestep >= self.max_steps - 1)

@@ -159,6 +159,7 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
         unlocked=jnp.zeros((num_envs, k), bool),
         length=jnp.zeros(num_envs, jnp.int32),
         ret=jnp.zeros(num_envs, jnp.float32),
+        death=jnp.full(num_envs, -1, jnp.int32),
     )
 
     def cond(c):
@@ -179,6 +180,8 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
             unlocked=c['unlocked'] | (ts.unlocked & alive[:, None]),
             length=c['length'] + alive.astype(jnp.int32),
             ret=c['ret'] + jnp.where(alive, ts.reward, 0.0),
+            # How the episode ended, read from the state it died in (-1: it did not die).
+            death=jnp.where(alive & ts.is_terminal, env.death_cause(env_state), c['death']),
         )
 
     c = jax.lax.while_loop(cond, body, carry)
@@ -187,6 +190,7 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
         'length': c['length'],
         'return': c['ret'],
         'final_task': ladder_task(ladder_L, c['unlocked']),
+        'death_cause': c['death'],
     }
 
 
@@ -211,7 +215,8 @@ def play(
     """`episodes` real episodes, `num_envs` at a time in lockstep; per-episode results.
 
     tasks_L: the task ladder (single-task mode: one task). Returns {'unlocked': bool [E, K],
-    'length': int [E], 'return': float [E], 'final_task': int [E]}.
+    'length': int [E], 'return': float [E], 'final_task': int [E], 'death_cause': int [E]}
+    (an index into the env's DEATH_CAUSES, -1 where the episode did not end in death).
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f'episodes={episodes} and num_envs={num_envs} must be >= 1')
@@ -311,7 +316,7 @@ def evaluate_agents(
         if 'ladder' in modes:
             out = run(ladder)
             results['ladder']['rates'][column] = rates_from_unlocks(out['unlocked'], names)
-            results['ladder']['episode_stats'][column] = _stats(out)
+            results['ladder']['episode_stats'][column] = _stats(out, craftax.DEATH_CAUSES, ladder)
         if 'single' in modes:
             rates = {}
             for task in singles:
@@ -328,11 +333,24 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in str(text).split(',') if n.strip()]
 
 
-def _stats(out: dict) -> dict:
+def _stats(out: dict, death_causes: Sequence[str], ladder: Sequence[int]) -> dict:
+    """Mean length and return (95 % interval) of an agent's episodes; the ladder's tasks
+    unlocked per episode (95 % interval), what the prompts ask for, where the return also
+    counts unprompted achievements and health; and how the episodes ended: the share that died
+    (`died`) and the share per death cause (`died/<cause>`)."""
     mean, low, high = mean_interval(out['return'])
+    rung_mean, rung_low, rung_high = mean_interval(
+        np.sum(np.asarray(out['unlocked'])[:, list(ladder)], axis=1).astype(np.float64)
+    )
+    cause = np.asarray(out['death_cause'])
     return {
         'mean_length': float(np.mean(out['length'])),
         'mean_return': mean,
         'return_ci_low': low,
         'return_ci_high': high,
+        'ladder_unlocks': rung_mean,
+        'ladder_unlocks_ci_low': rung_low,
+        'ladder_unlocks_ci_high': rung_high,
+        'died': float(np.mean(cause >= 0)),
+        **{f'died/{name}': float(np.mean(cause == i)) for i, name in enumerate(death_causes)},
     }

@@ -112,6 +112,23 @@ def return_cell(stats: Mapping) -> str:
     return f'{stats["mean_return"]:.2f} [{low:.2f}, {high:.2f}]'
 
 
+def ladder_cell(stats: Mapping) -> str:
+    """'mean [low, high]' of the ladder's tasks unlocked per episode; '-' for older results."""
+    if 'ladder_unlocks' not in stats:
+        return '-'
+    low, high = stats['ladder_unlocks_ci_low'], stats['ladder_unlocks_ci_high']
+    return f'{stats["ladder_unlocks"]:.2f} [{low:.2f}, {high:.2f}]'
+
+
+def death_cell(stats: Mapping) -> str:
+    """'share died (per cause)' of an agent's episodes in percent; '-' for older results."""
+    if 'died' not in stats:
+        return '-'
+    causes = [(k.split('/', 1)[1], v) for k, v in stats.items() if k.startswith('died/')]
+    parts = ', '.join(f'{name.replace("_", " ")} {100 * v:.0f}' for name, v in causes)
+    return f'{100 * stats["died"]:.0f} %' + (f' ({parts})' if parts else '')
+
+
 def write_tables(
     folder: str, results: Mapping[str, Mapping], stem: str = 'success'
 ) -> tuple[str, str]:
@@ -137,10 +154,17 @@ def write_tables(
         md.append(markdown_table(entry['rates'], entry['rows'], title=f'{mode}: {what} ({info})'))
         stats = entry.get('episode_stats') or {}
         if stats:
-            md.append('| Agent | mean episode length | mean env return [95 % interval] |')
-            md.append('|---|---|---|')
+            md.append(
+                '| Agent | mean episode length | mean env return [95 % interval] '
+                '| ladder tasks unlocked per episode [95 % interval] '
+                '| episodes ended by death (by cause, %) |'
+            )
+            md.append('|---|---|---|---|---|')
             for agent, st in stats.items():
-                md.append(f'| {agent} | {st["mean_length"]:.1f} | {return_cell(st)} |')
+                md.append(
+                    f'| {agent} | {st["mean_length"]:.1f} | {return_cell(st)} '
+                    f'| {ladder_cell(st)} | {death_cell(st)} |'
+                )
             md.append('')
     json_path = os.path.join(folder, f'{stem}.json')
     md_path = os.path.join(folder, f'{stem}.md')

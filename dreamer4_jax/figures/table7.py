@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from dreamer4_jax import demo
-from dreamer4_jax.eval.success_table import return_cell
+from dreamer4_jax.eval.success_table import death_cell, ladder_cell, return_cell
 from dreamer4_jax.figures import arms as arms_lib
 from dreamer4_jax.figures import output
 from dreamer4_jax.figures.experiment import Experiment, ensure_data
@@ -83,7 +83,14 @@ def markdown(ladder: dict, exp: Experiment) -> str:
     rows = [[name, *(_cell(ladder['rates'][a][name]) for a in agents)] for name in ladder['rows']]
     stats = ladder['episode_stats']
     rows.append(['**mean return** [95 % interval]', *(return_cell(stats[a]) for a in agents)])
+    rows.append(
+        [
+            'ladder tasks unlocked per episode [95 % interval]',
+            *(ladder_cell(stats[a]) for a in agents),
+        ]
+    )
     rows.append(['mean episode length', *(f'{stats[a]["mean_length"]:.1f}' for a in agents)])
+    rows.append(['episodes ended by death (by cause, %)', *(death_cell(stats[a]) for a in agents)])
     paper = [[item, f'{bc:g}', f'{wm:g}', f'{d4:g}'] for item, bc, wm, d4 in PAPER]
     info = ladder['info']
     return (
