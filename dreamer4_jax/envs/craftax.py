@@ -73,11 +73,15 @@ def strong_types(tree):
     return jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.asarray(x).dtype), tree)
 
 
+def in_lava(state: EnvState) -> jax.Array:
+    """Whether the player stands on lava (which ends the game at once)."""
+    pos = state.player_position
+    return state.map[pos[0], pos[1]] == BlockType.LAVA.value
+
+
 def is_terminal(state: EnvState) -> jax.Array:
     """Death or lava (Craftax's own game-over minus its step limit)."""
-    pos = state.player_position
-    in_lava = state.map[pos[0], pos[1]] == BlockType.LAVA.value
-    return jnp.logical_or(state.player_health <= 0, in_lava)
+    return jnp.logical_or(state.player_health <= 0, in_lava(state))
 
 
 def death_cause(state: EnvState) -> jax.Array:
@@ -90,11 +94,9 @@ def death_cause(state: EnvState) -> jax.Array:
     same step did the rest (an attribution, not a measurement); a death with every need above
     zero is damage.
     """
-    pos = state.player_position
-    in_lava = state.map[pos[0], pos[1]] == BlockType.LAVA.value
     energy_out = jnp.logical_and(state.player_energy <= 0, jnp.logical_not(state.is_sleeping))
     need_out = (state.player_food <= 0) | (state.player_drink <= 0) | energy_out
-    return jnp.where(in_lava, 0, jnp.where(need_out, 1, 2)).astype(jnp.int32)
+    return jnp.where(in_lava(state), 0, jnp.where(need_out, 1, 2)).astype(jnp.int32)
 
 
 @jax.jit

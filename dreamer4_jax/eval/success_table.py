@@ -104,20 +104,24 @@ def _atomic_write(path: str, text: str) -> None:
         raise
 
 
+def _interval_text(stats: Mapping, mean_key: str, prefix: str) -> str:
+    """'mean [low, high]' from stats[mean_key] and stats[prefix + '_ci_low' / '_ci_high']."""
+    low, high = stats[f'{prefix}_ci_low'], stats[f'{prefix}_ci_high']
+    return f'{stats[mean_key]:.2f} [{low:.2f}, {high:.2f}]'
+
+
 def return_cell(stats: Mapping) -> str:
     """'mean [low, high]' of an agent's episode returns (just the mean for older results)."""
     if 'return_ci_low' not in stats:
         return f'{stats["mean_return"]:.2f}'
-    low, high = stats['return_ci_low'], stats['return_ci_high']
-    return f'{stats["mean_return"]:.2f} [{low:.2f}, {high:.2f}]'
+    return _interval_text(stats, 'mean_return', 'return')
 
 
 def ladder_cell(stats: Mapping) -> str:
     """'mean [low, high]' of the ladder's tasks unlocked per episode; '-' for older results."""
     if 'ladder_unlocks' not in stats:
         return '-'
-    low, high = stats['ladder_unlocks_ci_low'], stats['ladder_unlocks_ci_high']
-    return f'{stats["ladder_unlocks"]:.2f} [{low:.2f}, {high:.2f}]'
+    return _interval_text(stats, 'ladder_unlocks', 'ladder_unlocks')
 
 
 def death_cell(stats: Mapping) -> str:
