@@ -53,6 +53,15 @@ def test_later_phases_load_the_ema_and_evaluation_reports_both(tmp_path):
         evals = [r for r in map(json.loads, f) if 'eval/psnr_p0' in r]
     assert {'eval/psnr_p0', 'eval/psnr_p0_raw', 'eval/ssim_p75_raw'} <= set(evals[-1])
     assert evals[-1]['eval/psnr_p0'] != evals[-1]['eval/psnr_p0_raw']
+    # The worst patch position's MSE is at least the mean over the frame, and the mean of
+    # per-frame PSNRs is at least the PSNR of the mean MSE (Jensen), so it reads no higher.
+    for suffix in ('', '_raw'):
+        worst = evals[-1][f'eval/psnr_p0_worst_patch{suffix}']
+        assert worst <= evals[-1][f'eval/psnr_p0{suffix}'] + 1e-4
+    assert sorted(os.listdir(os.path.join(workdir, 'eval'))) == [
+        'patch_error_000003.png',
+        'reconstructions_000003.png',
+    ]
     run = pretrained.load(workdir, expect='tokenizer')
     assert pretrained.uses_ema(run.config)
     got = run.params()

@@ -61,6 +61,18 @@ def _latest(pattern: str) -> str | None:
     return found[-1] if found else None
 
 
+def latest_of_each_kind(pattern: str) -> list[str]:
+    """The newest file of each kind among `pattern`'s matches, by name.
+
+    Evaluation images are named `<kind>_<step>.png` (`reconstructions_000800.png`,
+    `patch_error_000800.png`); the step is zero-padded, so the last name of a kind is its newest.
+    """
+    newest = {}
+    for path in sorted(glob.glob(pattern)):
+        newest[os.path.basename(path).rsplit('_', 1)[0]] = path
+    return [newest[kind] for kind in sorted(newest)]
+
+
 def _loss_keys(rows: list[dict]) -> list[str]:
     keys = sorted({k for r in rows for k in r if k.startswith('loss/')})
     return [k for k in keys if not k.startswith('loss_')] or sorted(
@@ -95,9 +107,9 @@ def write_report(workdir: str, stages: Sequence[str], *, title: str = 'dreamer4_
                 f'| {k[5:]} | {v:.4g} |' for k, v in sorted(last.items()) if k.startswith('eval/')
             ]
             md.append('')
-        grid = _latest(os.path.join(stage_dir, 'eval', '*.png'))
-        if grid:
-            md += [f'Latest evaluation image (`{rel(grid)}`):', '', f'![{stage}]({rel(grid)})', '']
+        for image in latest_of_each_kind(os.path.join(stage_dir, 'eval', '*.png')):
+            md += [f'Latest evaluation image (`{rel(image)}`):', '']
+            md += [f'![{stage}]({rel(image)})', '']
         videos = sorted(glob.glob(os.path.join(stage_dir, 'eval', '**', '*.gif'), recursive=True))
         if videos:
             md += [

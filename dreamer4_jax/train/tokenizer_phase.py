@@ -23,6 +23,7 @@ import optax
 from dreamer4_jax import losses, world_model
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.eval import images as image_io
+from dreamer4_jax.eval import patch_error
 from dreamer4_jax.tokenizer import Tokenizer, sample_patch_mask
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
@@ -125,7 +126,11 @@ def make_phase(config: ml_collections.ConfigDict) -> Phase:
 def evaluate_reconstructions(
     config, model, reconstruct, params, step, workdir, grid: bool = True
 ) -> dict:
-    """PSNR/SSIM on held-out windows at p = 0 and at the eval mask rate; writes a PNG grid."""
+    """PSNR/SSIM on held-out windows at p = 0 and at the eval mask rate; writes a PNG grid.
+
+    Also the PSNR of the worst patch position at p = 0 (`psnr_p0_worst_patch`) and, with the
+    grid, a heat map of every patch position's PSNR (`eval/patch_error_<step>.png`).
+    """
     batch = data_sources.eval_batch(config)
     x = frames_to_float(jnp.asarray(batch['image']))
     b, t = x.shape[:2]
@@ -141,7 +146,15 @@ def evaluate_reconstructions(
         results[f'psnr_{name}'] = float(jnp.mean(losses.psnr(recon, x)))
         results[f'ssim_{name}'] = float(jnp.mean(losses.ssim(recon, x)))
         recon0 = recon if recon0 is None else recon0
+    tok = model.config
+    mse_RC = patch_error.patch_mse(np.asarray(recon0), np.asarray(x), tok.patch, tok.grid_hw)
+    results['psnr_p0_worst_patch'] = float(patch_error.psnr_of_mse(mse_RC.max()))
     if grid and jax.process_index() == 0:
+        patch_error.save_patch_error_map(
+            os.path.join(workdir, 'eval', f'patch_error_{step:06d}.png'),
+            mse_RC,
+            f'held-out PSNR per patch position (p = 0), step {step}',
+        )
         n = min(8, t)
         rows = []
         for i in range(min(4, b)):
