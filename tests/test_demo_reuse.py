@@ -32,7 +32,7 @@ def test_a_finished_stage_from_another_config_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         demo.run_stage('tokenizer', str(tmp_path), 1.0)
     message = str(err.value)
-    assert 'tokenizer.num_latents: checkpoint 16 vs now 64' in message
+    assert 'tokenizer.num_latents: checkpoint 16 vs now 96' in message
     assert 'Delete' in message and 'another --workdir' in message
 
 
