@@ -10,8 +10,9 @@ eval split, fixed by --seed. Without --mask no patch is masked (the phase masks 
 p ~ U(0, tokenizer.max_mask_prob)); the loss is the pixel MSE alone (the phase adds LPIPS and its
 running-RMS normalization), so a probe of a few hundred steps runs in about a minute on 2 cores.
 The optimizer is the phases' own (`train/state.py: make_optimizer`) with the experiment's
-tokenizer-variant `train` settings. Prints the held-out PSNR at the start and every 100 steps,
-and one JSON line at the end.
+tokenizer-variant `train` settings. Prints the held-out PSNR at the start and every 100 steps with
+the held-out MSE of each row of patches (on Craftax rows 0-6 are the map, 7 the status digits and
+8 the inventory), and one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dreamer4_jax import model_configs as mc
 from dreamer4_jax.configs import OPTIMIZERS
 from dreamer4_jax.data.build import load_meta
 from dreamer4_jax.eval.open_loop import psnr_of_mean_mse
+from dreamer4_jax.eval.patch_error import patch_mse
 from dreamer4_jax.tokenizer import Tokenizer, sample_patch_mask
 from dreamer4_jax.train import state as state_lib
 
@@ -74,9 +76,14 @@ def run_probe(config, *, steps: int, frames_per_step: int, mask: bool, seed: int
 
     # Held-out frames are [N, 1, ...] windows: the PSNR of the MSE over all N frames.
     reconstruct = jax.jit(lambda p: jnp.clip(model.apply({'params': p}, eval_x)[0], 0.0, 1.0))
+    target = np.asarray(eval_x)
+    row_mse = []  # held-out MSE of each row of patches, at every evaluation
 
     def held_out_psnr(p) -> float:
-        return float(psnr_of_mean_mse(reconstruct(p), eval_x)[0])
+        recon = reconstruct(p)
+        mse_RC = patch_mse(np.asarray(recon), target, tok_config.patch, tok_config.grid_hw)
+        row_mse.append(mse_RC.mean(axis=1))
+        return float(psnr_of_mean_mse(recon, eval_x)[0])
 
     key, start = jax.random.key(seed + 1), time.time()
     curve = [(0, held_out_psnr(params))]
@@ -86,11 +93,17 @@ def run_probe(config, *, steps: int, frames_per_step: int, mask: bool, seed: int
         params, opt_state, loss_value = step(params, opt_state, x / 255.0, sub)
         if i % 100 == 0 or i == steps:
             curve.append((i, held_out_psnr(params)))
+            rows = ' '.join(f'{m:.4f}' for m in row_mse[-1])
             log(
                 f'step {i}/{steps}  train mse {float(loss_value):.4f}  held-out PSNR '
-                f'{curve[-1][1]:.2f} dB  ({time.time() - start:.0f} s)'
+                f'{curve[-1][1]:.2f} dB  MSE per patch row [{rows}]  ({time.time() - start:.0f} s)'
             )
-    return {'psnr': curve, 'seconds': time.time() - start, 'frames': [len(train), len(held_out)]}
+    return {
+        'psnr': curve,
+        'patch_row_mse': [[float(m) for m in r] for r in row_mse],
+        'seconds': time.time() - start,
+        'frames': [len(train), len(held_out)],
+    }
 
 
 def main(argv=None) -> dict:

@@ -3,6 +3,7 @@
 import json
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from synthetic_tokenizer import one_layer_tokenizer_settings, synthetic_tokenizer_config
 
@@ -54,6 +55,12 @@ def test_tokenizer_probe_learns_and_reports_held_out_psnr(tmp_path):
     (step0, start), (step100, end) = result['psnr']
     assert (step0, step100) == (0, 100) and result['optimizer'] == 'muon'
     assert end > start + 3.0, result['psnr']
+    # The held-out MSE per row of 7-pixel patches over the 63 x 63 grid: 9 rows at each of the
+    # two evaluations, together within the frame's MSE (the padding row and column add to it).
+    rows0, rows100 = (np.asarray(r) for r in result['patch_row_mse'])
+    assert rows0.shape == rows100.shape == (9,) and rows100.mean() < rows0.mean()
+    frame_mse = 10.0 ** (-end / 10.0)
+    assert (63 / 64) ** 2 * rows100.mean() <= frame_mse * (1 + 1e-5)
     # The score it uses: one [N, 1, ...] horizon step, PSNR of the mean MSE.
     a, b = jnp.full((2, 1, 4, 4, 3), 0.5), jnp.full((2, 1, 4, 4, 3), 0.6)
     assert abs(float(tokenizer_probe.psnr_of_mean_mse(a, b)[0]) - 20.0) < 1e-4  # MSE 0.01
