@@ -67,7 +67,7 @@ def test_input_scale_signal_zeroes_what_the_model_reads_of_pure_noise():
 
 def test_the_default_model_is_the_demo_dynamics_stage():
     c = action_lookup.experiment_shape()
-    assert (c.num_latents, c.latent_dim, c.pack, c.num_registers) == (64, 16, 4, 4)
+    assert (c.num_latents, c.latent_dim, c.pack, c.num_registers) == (96, 16, 6, 4)
     assert c.transformer.width == 96 and c.transformer.layer_kinds.count('time') == 1
     assert c.actions == (('discrete', 'categorical', 17),)
 
