@@ -36,6 +36,7 @@ def _config(variant: str):
     c.tokenizer.encoder = _block()
     c.tokenizer.decoder = _block()
     c.dynamics.transformer = _block(time_window=4)
+    c.dynamics.pack = 4  # the 4 latents in one token, whatever craftax_tiny packs its latents by
     c.dynamics.num_registers = 1
     c.dynamics.k_max = 8
     c.agent.num_tasks = NUM_TASKS
