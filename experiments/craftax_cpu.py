@@ -17,7 +17,7 @@ Otherwise this file changes only the data (200 episodes of up to 512 steps, four
 seeker, which reaches iron in most episodes), the step counts and the evaluation.
 """
 
-from dreamer4_jax.config_settings import accepts_settings, sibling_experiment
+from dreamer4_jax.config_settings import accepts_settings, set_field, sibling_experiment
 
 craftax_tiny = sibling_experiment(__file__, 'craftax_tiny')
 
@@ -46,11 +46,7 @@ def get_config(arg: str | None = None):
         )
     c = craftax_tiny.get_config(variant)
     for field, value in EARLIER_TOKENIZER.items():
-        section, *rest = field.split('.')
-        target = c[section]
-        for key in rest[:-1]:
-            target = target[key]
-        target[rest[-1]] = value
+        set_field(c, field, value)
     c.data.name = 'craftax_cpu'
     c.data.collect.num_episodes = 200
     c.data.collect.max_steps = 512

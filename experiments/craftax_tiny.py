@@ -130,7 +130,7 @@ def get_config(arg: str | None = None):
     # learns to read its action only this way within 300 steps (benchmarks/action_lookup.py).
     c.dynamics = mc.dynamics_config_dict(
         transformer=tiny_block(width=96, num_kv_heads=1, time_window=8),
-        pack=TOKENIZER_LATENTS // 16,
+        pack=TOKENIZER_LATENTS // 16,  # 16 latent tokens per frame
         input_scale='signal',
     )
     # BC / reward metrics on 64 held-out windows (8 were too few to read per policy).
