@@ -10,6 +10,7 @@ from optax.contrib import MuonDimensionNumbers
 from dreamer4_jax import parallel
 from dreamer4_jax.config_checks import ConfigError, check_train
 from dreamer4_jax.configs import DEFAULT_SHARDING_RULES, base_config
+from dreamer4_jax.dynamics import Dynamics, DynamicsConfig, init_params
 from dreamer4_jax.nn import TransformerConfig
 from dreamer4_jax.tokenizer import Tokenizer, TokenizerConfig
 from dreamer4_jax.train import state as state_lib
@@ -58,6 +59,34 @@ def test_muon_takes_the_weight_matrices_and_leaves_tables_and_vectors_to_adam(bo
         enc['attn_norm']['scale'],
     ):
         assert adam is None
+
+
+def test_muon_takes_the_dynamics_projections_and_leaves_its_embedding_tables_to_adam():
+    """craftax_tiny trains its dynamics stage with Muon: the transformer, the latent input
+    projection and the x-prediction head are matrices; the action, shortcut (tau, d), register
+    and agent-token tables are looked up and stay with Adam."""
+    tc = TransformerConfig(width=32, depth=2, num_heads=2, num_kv_heads=1, time_every=2)
+    cfg = DynamicsConfig(
+        num_latents=4,
+        latent_dim=4,
+        pack=2,
+        actions=(('discrete', 'categorical', 5), ('keys', 'binary', 3)),
+        num_registers=2,
+        num_agent_tokens=1,
+        k_max=8,
+        transformer=tc,
+    )
+    params = parallel.unboxed(init_params(Dynamics(cfg), jax.random.key(0)))
+    dims = state_lib.muon_dimension_numbers(params)
+    block = dims['transformer']['block_1']
+    assert block['attn']['qkv'] == MuonDimensionNumbers((0,), (3,))
+    assert block['mlp']['wo'] == MuonDimensionNumbers((0,), (1,))
+    assert dims['latent_in']['kernel'] == MuonDimensionNumbers((0,), (1,))
+    assert dims['head']['kernel'] == MuonDimensionNumbers((0,), (1,))
+    tables = [dims['tau_table'], dims['d_table'], dims['registers'], dims['agent_tokens']]
+    tables += jax.tree.leaves(dims['action_embed'], is_leaf=lambda x: x is None)
+    assert len(tables) == 7 and all(t is None for t in tables)
+    assert dims['latent_in']['bias'] is None and block['attn']['q_norm'] is None
 
 
 def test_muon_dimension_numbers_of_stacked_layers_skip_the_layer_axis():
