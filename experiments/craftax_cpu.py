@@ -13,8 +13,8 @@ interrupted run, and the stages can run in pieces.
 Model shapes are craftax_tiny's (experiments/craftax_tiny.py, next to this file) but for the
 tokenizer, which stays at the one every table of this config was measured with: 64 latents and
 MSE + 0.2 LPIPS (`EARLIER_TOKENIZER`; craftax_tiny moved to 96 latents and the MSE alone later),
-and for the dynamics stage's optimizer, which stays AdamW (`EARLIER_DYNAMICS`; craftax_tiny's
-dynamics stage moved to Muon later).
+and for the optimizer of the dynamics and agent stages, which stays AdamW (`EARLIER_OPTIMIZER`;
+craftax_tiny's moved to Muon later).
 Otherwise this file changes only the data (200 episodes of up to 512 steps, four in five from the
 seeker, which reaches iron in most episodes), the step counts and the evaluation.
 """
@@ -37,7 +37,7 @@ EARLIER_TOKENIZER = {
     'tokenizer.lpips_frames': 2,
     'dynamics.pack': 4,
 }
-EARLIER_DYNAMICS = {'train.optimizer': 'adamw'}
+EARLIER_OPTIMIZER = {'train.optimizer': 'adamw'}  # of the dynamics and agent variants
 
 
 @accepts_settings
@@ -48,7 +48,9 @@ def get_config(arg: str | None = None):
             f'experiments/craftax_cpu.py: unknown variant {arg!r}; choose one of {VARIANTS}.'
         )
     c = craftax_tiny.get_config(variant)
-    earlier = {**EARLIER_TOKENIZER, **(EARLIER_DYNAMICS if variant == 'dynamics' else {})}
+    earlier = {**EARLIER_TOKENIZER}
+    if variant in ('dynamics', 'agent'):
+        earlier.update(EARLIER_OPTIMIZER)
     for field, value in earlier.items():
         set_field(c, field, value)
     c.data.name = 'craftax_cpu'

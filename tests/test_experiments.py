@@ -83,8 +83,8 @@ def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
 
 def test_craftax_cpu_is_craftax_tiny_with_more_data_and_steps():
     """The results config changes data, steps and evaluation only; shapes stay the demo's but
-    for the tokenizer its measured runs trained (`EARLIER_TOKENIZER`) and the dynamics stage's
-    optimizer (`EARLIER_DYNAMICS`)."""
+    for the tokenizer its measured runs trained (`EARLIER_TOKENIZER`) and the optimizer of its
+    dynamics and agent stages (`EARLIER_OPTIMIZER`)."""
     tiny, cpu = (
         importlib.import_module(f'experiments.{n}') for n in ('craftax_tiny', 'craftax_cpu')
     )
@@ -94,15 +94,14 @@ def test_craftax_cpu_is_craftax_tiny_with_more_data_and_steps():
         'tokenizer.lpips_frames': 2,
         'dynamics.pack': 4,
     }
-    # Its dynamics tables were measured with AdamW; craftax_tiny's dynamics stage moved to Muon.
-    assert cpu.EARLIER_DYNAMICS == {'train.optimizer': 'adamw'}
-    assert tiny.get_config('dynamics').train.optimizer == 'muon'
-    assert cpu.get_config('dynamics').train.optimizer == 'adamw'
+    # Its dynamics and agent tables were measured with AdamW; craftax_tiny's moved to Muon.
+    assert cpu.EARLIER_OPTIMIZER == {'train.optimizer': 'adamw'}
     for variant in tiny.VARIANTS:
         t, c = tiny.get_config(variant), cpu.get_config(variant)
         assert c.train.steps >= 2 * t.train.steps, variant
-        # Every other variant trains with craftax_tiny's optimizer (the tokenizer with Muon).
-        if variant != 'dynamics':
+        if variant in ('dynamics', 'agent'):
+            assert (t.train.optimizer, c.train.optimizer) == ('muon', 'adamw'), variant
+        else:  # the tokenizer with Muon, phase 3 with AdamW, as craftax_tiny
             assert c.train.optimizer == t.train.optimizer, variant
         assert c.data.name != t.data.name and c.data.collect.num_episodes > 3 * 64
         # craftax_tiny with the earlier tokenizer's fields is craftax_cpu's model, field by field.
