@@ -1,4 +1,4 @@
-"""Per-patch reconstruction error (dreamer4_jax/eval/patch_error.py) and the report's images."""
+"""Per-patch reconstruction error (eval/patch_error.py), the report's images and its tables."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dreamer4_jax.eval import patch_error
-from dreamer4_jax.eval.report import latest_of_each_kind
+from dreamer4_jax.eval.report import evaluation_tables, latest_of_each_kind
 
 
 def test_patch_mse_puts_the_error_in_its_patch_and_ignores_the_padding():
@@ -53,3 +53,37 @@ def test_report_shows_the_newest_image_of_each_kind(tmp_path):
     got = [os.path.basename(p) for p in latest_of_each_kind(str(tmp_path / '*.png'))]
     assert got == ['open_loop_000100.png', 'patch_error_000800.png', 'reconstructions_000800.png']
     assert latest_of_each_kind(str(tmp_path / 'missing' / '*.png')) == []
+
+
+def test_report_reads_per_horizon_metrics_side_by_side():
+    evaluation = {
+        'step': 400,
+        'eval/psnr_h01': 19.5,
+        'eval/psnr_h02': 18.25,
+        'eval/psnr_copy_last_h01': 20.19,
+        'eval/psnr_copy_last_h02': 18.41,
+        'eval/ssim_h02': 0.69,  # no horizon 1: an empty cell, not a shifted row
+        'eval/noise_mse': 0.0083,
+        'eval/psnr': 18.0,
+    }
+    lines = evaluation_tables(evaluation)
+    assert lines == [
+        '| per horizon | h1 | h2 |',
+        '|---|---|---|',
+        '| psnr | 19.5 | 18.25 |',
+        '| psnr_copy_last | 20.19 | 18.41 |',
+        '| ssim |  | 0.69 |',
+        '',
+        '| metric | value |',
+        '|---|---|',
+        '| noise_mse | 0.0083 |',
+        '| psnr | 18 |',
+        '',
+    ]
+    # A stage without horizons (the tokenizer) gets the metric | value table alone.
+    assert evaluation_tables({'eval/psnr_p0': 33.1, 'step': 800}) == [
+        '| metric | value |',
+        '|---|---|',
+        '| psnr_p0 | 33.1 |',
+        '',
+    ]

@@ -11,6 +11,7 @@ import glob
 import html
 import json
 import os
+import re
 from collections.abc import Sequence
 
 
@@ -73,6 +74,41 @@ def latest_of_each_kind(pattern: str) -> list[str]:
     return [newest[kind] for kind in sorted(newest)]
 
 
+_HORIZON_KEY = re.compile(r'^eval/(.+)_h(\d+)$')
+
+
+def evaluation_tables(evaluation: dict) -> list[str]:
+    """Markdown lines for one evaluation row: per-horizon metrics as one table, the rest as another.
+
+    Open-loop metrics come per horizon step (`eval/psnr_h01`, `eval/psnr_copy_last_h01`, ...);
+    the dynamics targets compare them at each horizon, so they are read side by side: one row per
+    metric (sorted by name, so `psnr` sits next to its baselines), one column per horizon. Every
+    other `eval/` key goes into a metric | value table.
+    """
+    per_horizon: dict[str, dict[int, float]] = {}
+    scalars = []
+    for key, value in evaluation.items():
+        match = _HORIZON_KEY.match(key)
+        if match:
+            per_horizon.setdefault(match.group(1), {})[int(match.group(2))] = value
+        elif key.startswith('eval/'):
+            scalars.append((key[5:], value))
+    lines = []
+    if per_horizon:
+        horizons = sorted({h for row in per_horizon.values() for h in row})
+        lines += ['| per horizon | ' + ' | '.join(f'h{h}' for h in horizons) + ' |']
+        lines += ['|---' * (len(horizons) + 1) + '|']
+        for name, row in sorted(per_horizon.items()):
+            cells = [f'{row[h]:.4g}' if h in row else '' for h in horizons]
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+        lines.append('')
+    if scalars:
+        lines += ['| metric | value |', '|---|---|']
+        lines += [f'| {k} | {v:.4g} |' for k, v in sorted(scalars)]
+        lines.append('')
+    return lines
+
+
 def _loss_keys(rows: list[dict]) -> list[str]:
     keys = sorted({k for r in rows for k in r if k.startswith('loss/')})
     return [k for k in keys if not k.startswith('loss_')] or sorted(
@@ -102,11 +138,7 @@ def write_report(workdir: str, stages: Sequence[str], *, title: str = 'dreamer4_
         evals = [r for r in rows if any(k.startswith('eval/') for k in r)]
         if evals:
             last = evals[-1]
-            md += [f'Evaluation at step {last["step"]}:', '', '| metric | value |', '|---|---|']
-            md += [
-                f'| {k[5:]} | {v:.4g} |' for k, v in sorted(last.items()) if k.startswith('eval/')
-            ]
-            md.append('')
+            md += [f'Evaluation at step {last["step"]}:', ''] + evaluation_tables(last)
         for image in latest_of_each_kind(os.path.join(stage_dir, 'eval', '*.png')):
             md += [f'Latest evaluation image (`{rel(image)}`):', '']
             md += [f'![{stage}]({rel(image)})', '']
