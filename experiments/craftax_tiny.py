@@ -182,7 +182,7 @@ def get_config(arg: str | None = None):
         # average of 8 sampled futures reads 20.92 / 19.26 / 18.85 / 17.94 dB at horizons 1-4
         # (seed 1: 20.92 / 19.23 / 18.76 / 17.85) against 20.42 / 18.90 / 18.42 / 17.49 with
         # AdamW and 20.19 / 18.41 / 17.96 / 17.18 for copy-last; the actions move its frames 5x
-        # more, and the sampled frames keep trees and water that AdamW's fade (README, phase 1b).
+        # more, and its samples are sharper, though objects still fade (README, phase 1b).
         c.train.steps = 1600
         c.train.batch_size = 8
         c.train.learning_rate = 1e-3
