@@ -1,43 +1,31 @@
-"""Craftax-Classic results config for a CPU: the demo's models, trained about ten times longer.
+"""Craftax-Classic results config for a CPU: the demo's models, trained several times longer.
 
   python -m dreamer4_jax.figures table7 --scale=experiments/craftax_cpu.py --workdir=runs/cpu \
       --episodes=128
 
 trains every stage of the demo pipeline (tokenizer, dynamics, agent, bc, imagination) in
 runs/cpu/<stage> and plays 128 real episodes per agent (Table 7 at Craftax scale). Measured on 2
-CPU cores with 64 tokenizer latents (README, "A results config for a CPU"): data 3 min, tokenizer
-about 67 (2 steps/s), latent encode 2, dynamics 10, agent 4.5, bc 4, imagination 8, evaluation 6;
-about 105 min in all. Every stage checkpoints every 500 steps, so the same command resumes an
-interrupted run, and the stages can run in pieces.
+CPU cores (README, "A results config for a CPU"): data 1 min, tokenizer 26 (2 steps/s), latent
+encode 2, dynamics 9, agent 4, bc 4, imagination 8, evaluation 6; about an hour in all. Every
+stage checkpoints every 500 steps, so the same command resumes an interrupted run, and the
+stages can run in pieces.
 
-Model shapes are craftax_tiny's (experiments/craftax_tiny.py, next to this file) but for the
-tokenizer, which stays at the one every table of this config was measured with: 64 latents and
-MSE + 0.2 LPIPS (`EARLIER_TOKENIZER`; craftax_tiny moved to 96 latents and the MSE alone later),
-and for the optimizer of the dynamics and agent stages, which stays AdamW (`EARLIER_OPTIMIZER`;
-craftax_tiny's moved to Muon later).
-Otherwise this file changes only the data (200 episodes of up to 512 steps, four in five from the
-seeker, which reaches iron in most episodes), the step counts and the evaluation.
+Model shapes, optimizers and learning rates are craftax_tiny's (experiments/craftax_tiny.py, next
+to this file); this file changes only the data (200 episodes of up to 512 steps, four in five
+from the seeker, which reaches iron in most episodes), the step counts and the evaluation. The
+tables measured before it followed craftax_tiny (a 64-latent tokenizer with LPIPS for 8,000
+steps, AdamW in the dynamics and agent stages) reproduce at commit d3a2aca.
 """
 
-from dreamer4_jax.config_settings import accepts_settings, set_field, sibling_experiment
+from dreamer4_jax.config_settings import accepts_settings, sibling_experiment
 
 craftax_tiny = sibling_experiment(__file__, 'craftax_tiny')
 
 VARIANTS = craftax_tiny.VARIANTS
 SETTINGS = craftax_tiny.SETTINGS
-STEPS = {'tokenizer': 8000, 'dynamics': 4000, 'agent': 2000, 'imagination': 1500}
+STEPS = {'tokenizer': 3000, 'dynamics': 4000, 'agent': 2000, 'imagination': 1500}
 # Figure sizes: Table 7 with 128 episodes of up to 500 steps per agent.
 FIGURES = {**craftax_tiny.FIGURES, 'episodes': 128, 'max_steps': 500}
-# The tokenizer this config's measured runs trained (README, "A results config for a CPU"): 64
-# latents packed by 4 for the dynamics, LPIPS on the last 2 frames of each window. Its 8,000 steps
-# reach 31.2 dB, so the status row that 800 steps of it miss is learned here.
-EARLIER_TOKENIZER = {
-    'tokenizer.num_latents': 64,
-    'tokenizer.loss_weights.lpips': 0.2,
-    'tokenizer.lpips_frames': 2,
-    'dynamics.pack': 4,
-}
-EARLIER_OPTIMIZER = {'train.optimizer': 'adamw'}  # of the dynamics and agent variants
 
 
 @accepts_settings
@@ -48,11 +36,6 @@ def get_config(arg: str | None = None):
             f'experiments/craftax_cpu.py: unknown variant {arg!r}; choose one of {VARIANTS}.'
         )
     c = craftax_tiny.get_config(variant)
-    earlier = {**EARLIER_TOKENIZER}
-    if variant in ('dynamics', 'agent'):
-        earlier.update(EARLIER_OPTIMIZER)
-    for field, value in earlier.items():
-        set_field(c, field, value)
     c.data.name = 'craftax_cpu'
     c.data.collect.num_episodes = 200
     c.data.collect.max_steps = 512
