@@ -119,8 +119,20 @@ def test_play_counts_real_unlocks_and_walks_the_ladder():
     assert out['final_task'].tolist() == [1, 1, 1]
     # Every episode ends terminal here; the cause is read from the state it ended in (t = 2 + e).
     assert out['death_cause'].tolist() == [2, 0, 1]
-    single = closed_loop.play(env, pol, {}, jax.random.key(0), 4, 3, [1], max_steps=10)
+    calls = []
+    single = closed_loop.play(
+        env,
+        pol,
+        {},
+        jax.random.key(0),
+        4,
+        3,
+        [1],
+        max_steps=10,
+        progress=lambda *a: calls.append(a),
+    )
     np.testing.assert_array_equal(single['unlocked'], [[0, 1, 0]] * 4)  # 2 batches, 4 kept
+    assert calls == [(3, 4), (4, 4)]  # after each batch: episodes done so far, never past 4
     # The step limit truncates: at max_steps=2 only one env step is taken.
     short = closed_loop.play(env, pol, {}, jax.random.key(0), 3, 3, [2, 0, 1], max_steps=2)
     np.testing.assert_array_equal(short['unlocked'], [[0, 0, 1]] * 3)
@@ -289,7 +301,15 @@ def test_random_policy_in_real_craftax_writes_tables(tmp_path):
     """Real env episodes: both modes, table files, rates consistent with episode counts."""
 
     cfg = closed_loop_config_dict(episodes=3, num_envs=2, max_steps=6, single_tasks='wake_up')
-    res = closed_loop.evaluate_agents({'random': 'random'}, str(tmp_path), cfg)
+    lines = []
+    res = closed_loop.evaluate_agents({'random': 'random'}, str(tmp_path), cfg, log=lines.append)
+    # One progress line per batch of 2 envs, per mode: the ladder, then each single task.
+    assert [line.split(' (')[0] for line in lines] == [
+        '[closed-loop] random, ladder: 2/3 episodes',
+        '[closed-loop] random, ladder: 3/3 episodes',
+        '[closed-loop] random, wake_up: 2/3 episodes',
+        '[closed-loop] random, wake_up: 3/3 episodes',
+    ]
     rates = res['ladder']['rates']['random']
     assert set(rates) == set(ACHIEVEMENT_NAMES) and rates['collect_wood']['episodes'] == 3
     stats = res['ladder']['episode_stats']['random']

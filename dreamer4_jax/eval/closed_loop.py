@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -211,10 +212,12 @@ def play(
     num_envs: int,
     tasks_L: Sequence[int],
     max_steps: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """`episodes` real episodes, `num_envs` at a time in lockstep; per-episode results.
 
-    tasks_L: the task ladder (single-task mode: one task). Returns {'unlocked': bool [E, K],
+    tasks_L: the task ladder (single-task mode: one task). progress(done, episodes), if given,
+    is called after every batch of `num_envs`. Returns {'unlocked': bool [E, K],
     'length': int [E], 'return': float [E], 'final_task': int [E], 'death_cause': int [E]}
     (an index into the env's DEATH_CAUSES, -1 where the episode did not end in death).
     """
@@ -228,6 +231,8 @@ def play(
             env, policy, num_envs, max_steps, params, ladder, jax.random.fold_in(rng, i)
         )
         parts.append(jax.tree.map(np.asarray, out))
+        if progress is not None:
+            progress(min((i + 1) * num_envs, episodes), episodes)
     return {k: np.concatenate([p[k] for p in parts])[:episodes] for k in parts[0]}
 
 
@@ -259,8 +264,12 @@ def evaluate_agents(
     cfg: ml_collections.ConfigDict | None = None,
     *,
     env=None,
+    log: Callable[[str], None] | None = functools.partial(print, flush=True),
 ) -> dict:
     """Plays every agent in the real env; writes success.json / success.md to `out_dir`.
+
+    log (None: silent) gets one line per batch of `cfg.num_envs` episodes: how many of each
+    agent's episodes are done and the seconds since its first.
 
     agents: {column name: workdir of an agent or imagination run, or 'random'}, e.g.
     {'random': 'random', 'BC': bc_dir, 'WM+BC': agent_dir, 'Dreamer 4': imagination_dir}
@@ -301,7 +310,14 @@ def evaluate_agents(
                     f'tasks; Craftax-Classic prompts need {len(names)}.'
                 )
 
-        def run(tasks, policy=policy, params=params):
+        def run(tasks, what, policy=policy, params=params):
+            start = time.perf_counter()
+
+            def progress(done, total):
+                if log is not None:
+                    seconds = time.perf_counter() - start
+                    log(f'[closed-loop] {what}: {done}/{total} episodes ({seconds:.0f} s)')
+
             return play(
                 env,
                 policy,
@@ -311,10 +327,11 @@ def evaluate_agents(
                 int(cfg.num_envs),
                 tasks,
                 int(cfg.max_steps),
+                progress,
             )
 
         if 'ladder' in modes:
-            out = run(ladder)
+            out = run(ladder, f'{column}, ladder')
             results['ladder']['rates'][column] = rates_from_unlocks(out['unlocked'], names)
             results['ladder']['episode_stats'][column] = _stats(out, craftax.DEATH_CAUSES, ladder)
         if 'single' in modes:
@@ -322,7 +339,7 @@ def evaluate_agents(
             for task in singles:
                 # A ladder of one task, padded to the ladder's length: one compilation serves
                 # both modes (the prompt stays on the last rung).
-                out = run([task] * len(ladder))
+                out = run([task] * len(ladder), f'{column}, {names[task]}')
                 rates[names[task]] = rates_from_unlocks(out['unlocked'], names)[names[task]]
             results['single']['rates'][column] = rates
     write_tables(out_dir, results)

@@ -67,7 +67,7 @@ def run(exp: Experiment, workdir: str, log=print, episodes: int | None = None) -
             name: stage if stage == 'random' else os.path.join(workdir, stage)
             for name, stage in AGENTS
         }
-        results = evaluate_agents(agents, out, cfg)
+        results = evaluate_agents(agents, out, cfg, log=log)
     ladder = results['ladder']
     md = output.write_atomic(os.path.join(workdir, 'table7.md'), markdown(ladder, exp))
     png = output.save_png(plot(ladder), os.path.join(workdir, 'table7.png'))
