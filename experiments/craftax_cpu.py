@@ -5,16 +5,16 @@
 
 trains every stage of the demo pipeline (tokenizer, dynamics, agent, bc, imagination) in
 runs/cpu/<stage> and plays 128 real episodes per agent (Table 7 at Craftax scale). Measured on 2
-CPU cores (README, "A results config for a CPU"): data 1 min, tokenizer 26 (2 steps/s), latent
-encode 2, dynamics 9, agent 4, bc 4, imagination 8, evaluation 6; about an hour in all. Every
-stage checkpoints every 500 steps, so the same command resumes an interrupted run, and the
-stages can run in pieces.
+CPU cores (README, "A results config for a CPU"): data 1 min, tokenizer 26 (1.9 steps/s),
+dynamics 9 (the latent encode included), agent 4, bc 3.5, imagination 6, evaluation 5.5; 54 min
+in all. Every stage checkpoints every 500 steps, so the same command resumes an interrupted run,
+and the stages can run in pieces.
 
 Model shapes, optimizers and learning rates are craftax_tiny's (experiments/craftax_tiny.py, next
 to this file); this file changes only the data (200 episodes of up to 512 steps, four in five
-from the seeker, which reaches iron in most episodes), the step counts and the evaluation. The
-tables measured before it followed craftax_tiny (a 64-latent tokenizer with LPIPS for 8,000
-steps, AdamW in the dynamics and agent stages) reproduce at commit d3a2aca.
+from the seeker, which reaches iron in most episodes), the step counts and the evaluation. Its
+earlier tables (a 64-latent tokenizer with LPIPS for 8,000 steps, AdamW in the dynamics and
+agent stages) reproduce at commit d3a2aca.
 """
 
 from dreamer4_jax.config_settings import accepts_settings, sibling_experiment

@@ -314,9 +314,8 @@ def evaluate_agents(
             start = time.perf_counter()
 
             def progress(done, total):
-                if log is not None:
-                    seconds = time.perf_counter() - start
-                    log(f'[closed-loop] {what}: {done}/{total} episodes ({seconds:.0f} s)')
+                seconds = time.perf_counter() - start
+                log(f'[closed-loop] {what}: {done}/{total} episodes ({seconds:.0f} s)')
 
             return play(
                 env,
@@ -327,7 +326,7 @@ def evaluate_agents(
                 int(cfg.num_envs),
                 tasks,
                 int(cfg.max_steps),
-                progress,
+                None if log is None else progress,
             )
 
         if 'ladder' in modes:
