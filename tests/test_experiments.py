@@ -157,8 +157,8 @@ def test_input_scale_is_signal_in_craftax_tiny_none_at_paper_scale_and_for_old_r
 def test_agent_departures_are_craftax_tiny_only():
     """craftax_tiny trains the policy at offset 0 on every window with the reward term at 0.3
     (README, phase 2: with the paper's settings BC learned only the action marginal in 300 steps);
-    craftax_cpu, built on it, clones the relevant windows only again (PAPER 9.3: over its 2,000
-    steps that separates WM+BC from BC); the paper config keeps PAPER 9.2-9.3."""
+    craftax_cpu, built on it, goes back to cloning the relevant windows only (PAPER 9.3: over its
+    2,000 steps that separates WM+BC from BC); the paper config keeps PAPER 9.2-9.3."""
 
     def agent(module):
         a = module.get_config('agent').agent
