@@ -8,8 +8,8 @@ Synthetic latents where the action decides the next frame completely: frame t + 
 latent per action (a table of `num_actions` random latents), frame 0 is uniform noise. The model
 is the experiment's dynamics model (`--experiment`, craftax_tiny by default: 96 latents of 16
 channels packed by 6, width 96, 4 heads, 1 KV head, layers s s s t, 4 registers, 17 actions;
-craftax_cpu's is the same; the input scale is the flag's, 'none' unless given) trained as a
-next-frame regressor:
+craftax_cpu's has 8 layers of width 128; the input scale is the flag's, 'none' unless given)
+trained as a next-frame regressor:
 every context frame at signal 1 - d_min, the last frame of each window from pure noise (tau = 0,
 the input a sampler starts from), squared error on the last frame only. It reports the held-out
 error with the real actions, with shuffled actions, and of the targets' mean (what a model that

@@ -81,8 +81,9 @@ def test_tokenizer_sees_at_most_its_training_window_wherever_it_is_used(name):
 
 
 def test_craftax_cpu_is_craftax_tiny_with_more_data_and_steps():
-    """The results config changes data, steps and evaluation only: model shapes, optimizers and
-    learning rates are the demo's, field by field."""
+    """The results config changes data, steps and evaluation, BC's rows and the dynamics
+    transformer's depth and width only: every other model shape, optimizers and learning rates
+    are the demo's, field by field."""
     tiny, cpu = (
         importlib.import_module(f'experiments.{n}') for n in ('craftax_tiny', 'craftax_cpu')
     )
@@ -98,6 +99,10 @@ def test_craftax_cpu_is_craftax_tiny_with_more_data_and_steps():
         )
         # Phase 2 clones the task-relevant windows only (PAPER 9.3); the demo clones them all.
         assert (t['agent'].pop('bc_rows'), c['agent'].pop('bc_rows')) == ('all', 'relevant')
+        # A deeper, wider dynamics transformer: 8 layers (two of them over time) of width 128.
+        tt, ct = t['dynamics']['transformer'], c['dynamics']['transformer']
+        assert (tt.pop('depth'), tt.pop('width')) == (4, 96), variant
+        assert (ct.pop('depth'), ct.pop('width')) == (8, 128), variant
         for section in ('tokenizer', 'dynamics', 'agent', 'imagination', 'phase'):
             assert c[section] == t[section], (variant, section)
         for field in ('optimizer', 'learning_rate', 'muon_learning_rate', 'batch_size'):
