@@ -21,6 +21,7 @@ from dreamer4_jax.eval.success_table import (
     mean_interval,
     rates_from_unlocks,
     return_cell,
+    tries_table,
     wilson_interval,
     write_tables,
 )
@@ -94,6 +95,76 @@ class CountingEnv:
         hit = jax.nn.one_hot(actions, 3, dtype=bool) & ~state['got'] & ~done[:, None]
         new = {'t': state['t'] + (~done), 'got': state['got'] | hit}
         return new, self._ts(new, hit, jnp.zeros_like(done))
+
+
+CountingEnv.action_achievement = (0, 1, 2) + (-1,) * 14
+
+
+class RecipeEnv(CountingEnv):
+    """CountingEnv where action 2 is a recipe: the game refuses it until achievement 0 is got."""
+
+    def step(self, state, actions, key):
+        allowed = (actions != 2) | state['got'][:, 0]
+        return super().step(state, jnp.where(allowed, actions, 5), key)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScriptedPolicy:
+    """Presses script[t] at frame t (CountingEnv's frames show t), whatever the prompt."""
+
+    script: tuple
+    dist = closed_loop.ActionDist((('discrete', 'categorical', 17),))
+
+    def init(self, n):
+        return ()
+
+    def act(self, params, state, frames, task, rng):
+        t = jnp.minimum(frames[:, 0, 0, 0].astype(jnp.int32), len(self.script) - 1)
+        return {'discrete': jnp.asarray(self.script)[t][:, None]}, state
+
+
+def test_play_counts_presses_and_refused_tries():
+    # t0: the recipe (refused: achievement 0 is not got), t1: action 0 (unlocks 0), t2: the
+    # recipe again (unlocks 2), t3: the recipe once more (unlocked already: a press, not a try),
+    # t4: action 5 (no achievement). Episode e lasts 2 + e steps.
+    pol = ScriptedPolicy((2, 0, 2, 2, 5))
+    out = closed_loop.play(RecipeEnv(), pol, {}, jax.random.key(0), 4, 4, [0], max_steps=10)
+    np.testing.assert_array_equal(out['unlocked'], [[1, 0, 0]] + [[1, 0, 1]] * 3)
+    presses = np.zeros((4, 17), int)
+    presses[:, 0] = 1
+    presses[:, 2] = [1, 2, 3, 3]
+    presses[3, 5] = 1
+    np.testing.assert_array_equal(out['presses'], presses)
+    tries = np.zeros((4, 17), int)
+    tries[:, 0] = 1
+    tries[:, 2] = [1, 2, 2, 2]
+    np.testing.assert_array_equal(out['tries'], tries)
+    names = [f'a{i}' for i in range(17)]
+    st = closed_loop.tries_stats(out, RecipeEnv.action_achievement, names)
+    assert list(st) == ['a0', 'a1', 'a2']
+    assert st['a0'] == {
+        'presses_per_episode': 1.0,
+        'tries_per_episode': 1.0,
+        'successes': 4,
+        'refused': 0.0,
+    }
+    assert st['a1']['tries_per_episode'] == 0.0 and st['a1']['refused'] == 0.0
+    # Seven tries of the recipe, three of which unlocked it: four refused.
+    assert st['a2']['presses_per_episode'] == 2.25 and st['a2']['tries_per_episode'] == 1.75
+    assert st['a2']['successes'] == 3 and st['a2']['refused'] == pytest.approx(4 / 7)
+    md = tries_table({'agent': st, 'other': {'a2': st['a2']}})
+    assert '| a2 | 1.75 (57 %) | 1.75 (57 %) |' in md and '| a0 | 1.00 (0 %) | - |' in md
+
+
+def test_craftax_place_and_make_actions_map_to_their_achievements():
+    mapped = {
+        craftax.ACTION_NAMES[a]: ACHIEVEMENT_NAMES[k]
+        for a, k in enumerate(craftax.ACTION_ACHIEVEMENT)
+        if k >= 0
+    }
+    assert len(craftax.ACTION_ACHIEVEMENT) == craftax.NUM_ACTIONS
+    assert len(mapped) == 10 and all(a == k for a, k in mapped.items())
+    assert 'make_wood_pickaxe' in mapped and 'place_table' in mapped and 'do' not in mapped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,4 +391,11 @@ def test_random_policy_in_real_craftax_writes_tables(tmp_path):
     unlocks = sum(rates[ACHIEVEMENT_NAMES[i]]['successes'] for i in ladder)
     assert stats['ladder_unlocks'] == pytest.approx(unlocks / 3)
     assert list(res['single']['rates']['random']) == ['wake_up']
+    # From an empty inventory in 5 steps the game refuses every place and make press.
+    tries = res['ladder']['tries']['random']
+    assert len(tries) == 10 and sum(t['tries_per_episode'] for t in tries.values()) > 0
+    for t in tries.values():
+        assert t['successes'] == 0 and t['tries_per_episode'] == t['presses_per_episode']
+        assert t['refused'] == (1.0 if t['tries_per_episode'] else 0.0)
+    assert '| make_wood_pickaxe |' in open(tmp_path / 'success.md').read()
     assert sorted(os.listdir(tmp_path)) == ['success.json', 'success.md']

@@ -32,6 +32,16 @@ ACHIEVEMENT_NAMES: tuple[str, ...] = tuple(a.name.lower() for a in Achievement)
 ACTION_NAMES: tuple[str, ...] = tuple(a.name.lower() for a in Action)
 NUM_ACHIEVEMENTS = len(ACHIEVEMENT_NAMES)  # 22
 NUM_ACTIONS = len(ACTION_NAMES)  # 17
+# Per action, the achievement that only it can unlock (-1: none): the place_* and make_* actions,
+# whose achievement has the action's name. Closed-loop evaluation counts how often such an action
+# is pressed before its first success, i.e. how often the game refused it (missing materials or
+# no table nearby).
+ACTION_ACHIEVEMENT: tuple[int, ...] = tuple(
+    ACHIEVEMENT_NAMES.index(a)
+    if a in ACHIEVEMENT_NAMES and a.startswith(('place_', 'make_'))
+    else -1
+    for a in ACTION_NAMES
+)
 FRAME_SHAPE = (64, 64, 3)
 RAW_FRAME_SHAPE = (63, 63, 3)
 # Craftax's own step limit; our episodes are truncated at `max_steps` <= this.
@@ -121,6 +131,8 @@ class CraftaxEnv:
     Methods take and return batched pytrees (leading dim N) and are jitted; the object only holds
     the env, its params and the compiled functions (no episode state).
     """
+
+    action_achievement = ACTION_ACHIEVEMENT
 
     def __init__(self, max_steps: int = CRAFTAX_MAX_TIMESTEPS):
         if not 2 <= max_steps <= CRAFTAX_MAX_TIMESTEPS:

@@ -152,6 +152,9 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
     k_reset, k_loop = jax.random.split(rng)
     env_state, ts = env.reset(k_reset, num_envs)
     k = ts.unlocked.shape[-1]
+    num_actions = policy.dist.components[0][2]
+    # The achievement only each action unlocks (-1: none; an env without the map has none).
+    ach_A = jnp.asarray(getattr(env, 'action_achievement', (-1,) * num_actions), jnp.int32)
     carry = dict(
         env=env_state,
         ts=ts,
@@ -161,6 +164,8 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
         length=jnp.zeros(num_envs, jnp.int32),
         ret=jnp.zeros(num_envs, jnp.float32),
         death=jnp.full(num_envs, -1, jnp.int32),
+        presses=jnp.zeros((num_envs, num_actions), jnp.int32),
+        tries=jnp.zeros((num_envs, num_actions), jnp.int32),
     )
 
     def cond(c):
@@ -171,7 +176,14 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
         task = ladder_task(ladder_L, c['unlocked'])
         act_E1, pol = policy.act(params, c['pol'], c['ts'].frame, task, k_act)
         alive = ~c['ts'].is_last
-        env_state, ts = env.step(c['env'], env_actions(policy, act_E1), k_env)
+        a_E = env_actions(policy, act_E1)
+        env_state, ts = env.step(c['env'], a_E, k_env)
+        # A try: an action pressed while the achievement only it unlocks is still locked; every
+        # try but the one that unlocks it was refused by the game.
+        ach_E = ach_A[a_E]
+        locked_E = ~jnp.take_along_axis(c['unlocked'], jnp.maximum(ach_E, 0)[:, None], 1)[:, 0]
+        pressed_EA = jax.nn.one_hot(a_E, num_actions, dtype=jnp.int32) * alive[:, None]
+        tried_E = (ach_E >= 0) & locked_E
         # Absorbing ends: a finished episode's later steps add nothing.
         return dict(
             env=env_state,
@@ -183,6 +195,8 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
             ret=c['ret'] + jnp.where(alive, ts.reward, 0.0),
             # How the episode ended, read from the state it died in (-1: it did not die).
             death=jnp.where(alive & ts.is_terminal, env.death_cause(env_state), c['death']),
+            presses=c['presses'] + pressed_EA,
+            tries=c['tries'] + pressed_EA * tried_E[:, None],
         )
 
     c = jax.lax.while_loop(cond, body, carry)
@@ -192,6 +206,8 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
         'return': c['ret'],
         'final_task': ladder_task(ladder_L, c['unlocked']),
         'death_cause': c['death'],
+        'presses': c['presses'],
+        'tries': c['tries'],
     }
 
 
@@ -219,7 +235,10 @@ def play(
     tasks_L: the task ladder (single-task mode: one task). progress(done, episodes), if given,
     is called after every batch of `num_envs`. Returns {'unlocked': bool [E, K],
     'length': int [E], 'return': float [E], 'final_task': int [E], 'death_cause': int [E]}
-    (an index into the env's DEATH_CAUSES, -1 where the episode did not end in death).
+    (an index into the env's DEATH_CAUSES, -1 where the episode did not end in death),
+    'presses': int [E, A] (each action's count over the episode) and 'tries': int [E, A] (the
+    presses of an action while the achievement only it unlocks, `env.action_achievement`, was
+    still locked: all but the unlocking one were refused by the game; 0 for other actions).
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f'episodes={episodes} and num_envs={num_envs} must be >= 1')
@@ -333,6 +352,9 @@ def evaluate_agents(
             out = run(ladder, f'{column}, ladder')
             results['ladder']['rates'][column] = rates_from_unlocks(out['unlocked'], names)
             results['ladder']['episode_stats'][column] = _stats(out, craftax.DEATH_CAUSES, ladder)
+            results['ladder'].setdefault('tries', {})[column] = tries_stats(
+                out, env.action_achievement, craftax.ACTION_NAMES
+            )
         if 'single' in modes:
             rates = {}
             for task in singles:
@@ -370,3 +392,24 @@ def _stats(out: dict, death_causes: Sequence[str], ladder: Sequence[int]) -> dic
         'died': float(np.mean(cause >= 0)),
         **{f'died/{name}': float(np.mean(cause == i)) for i, name in enumerate(death_causes)},
     }
+
+
+def tries_stats(out: dict, action_achievement: Sequence[int], action_names: Sequence[str]) -> dict:
+    """Per action that alone unlocks an achievement (action_achievement[a] >= 0): its presses
+    and tries (presses while that achievement was still locked) per episode, the episodes it
+    succeeded in, and the share of tries the game refused. A policy that presses `make_*` where
+    the game lacks the materials or a table shows here, not in the success rates."""
+    presses, tries = np.asarray(out['presses']), np.asarray(out['tries'])
+    unlocked = np.asarray(out['unlocked'], bool)
+    stats = {}
+    for a, k in enumerate(action_achievement):
+        if k < 0:
+            continue
+        total, wins = int(tries[:, a].sum()), int(unlocked[:, k].sum())
+        stats[action_names[a]] = {
+            'presses_per_episode': float(presses[:, a].mean()),
+            'tries_per_episode': float(tries[:, a].mean()),
+            'successes': wins,
+            'refused': (total - wins) / total if total else 0.0,
+        }
+    return stats

@@ -133,6 +133,29 @@ def death_cell(stats: Mapping) -> str:
     return f'{100 * stats["died"]:.0f} %' + (f' ({parts})' if parts else '')
 
 
+def tries_table(tries: Mapping[str, Mapping[str, Mapping]]) -> str:
+    """Markdown: per place/make action (rows) and agent (columns), 'tries per episode before
+    its first success (refused %)'; entries from closed_loop.tries_stats."""
+    agents = list(tries)
+    actions = list(dict.fromkeys(a for agent in agents for a in tries[agent]))
+    lines = [
+        'Place and make actions: presses per episode while their achievement was still locked '
+        '(the share the game refused: no materials, no table nearby).',
+        '',
+        '| Action | ' + ' | '.join(agents) + ' |',
+        '|---|' + '---|' * len(agents),
+    ]
+    for action in actions:
+        cells = []
+        for agent in agents:
+            e = tries[agent].get(action)
+            cells.append(
+                '-' if e is None else f'{e["tries_per_episode"]:.2f} ({100 * e["refused"]:.0f} %)'
+            )
+        lines.append(f'| {action} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def write_tables(
     folder: str, results: Mapping[str, Mapping], stem: str = 'success'
 ) -> tuple[str, str]:
@@ -170,6 +193,8 @@ def write_tables(
                     f'| {ladder_cell(st)} | {death_cell(st)} |'
                 )
             md.append('')
+        if entry.get('tries'):
+            md.append(tries_table(entry['tries']))
     json_path = os.path.join(folder, f'{stem}.json')
     md_path = os.path.join(folder, f'{stem}.md')
     _atomic_write(json_path, json.dumps(results, indent=1))
