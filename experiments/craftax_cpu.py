@@ -53,6 +53,10 @@ def get_config(arg: str | None = None):
     # Held-out metrics during the long tokenizer and dynamics runs, not only at the end.
     c.train.eval_every = 2000 if variant in ('tokenizer', 'dynamics') else 0
     c.imagination.policy_warmup = 300  # value-only steps first (see craftax_tiny.py)
+    # Phase 3 keeps craftax_tiny's beta = 1. On the 8-layer run below, PAPER 10.3's 0.3 returned
+    # 4.73 against WM+BC's 5.31 (512 episodes), and so did every variant that let the policy
+    # move (until_reward, the ladder's prompts only, horizon 8: 4.83-4.90): each made fewer wood
+    # and stone pickaxes (README, "Phase 3 variants on the 8-layer run").
     # BC on the task-relevant half of each batch only, as PAPER 9.3 does (craftax_tiny clones
     # every window). Over 512 real episodes on the 4-layer dynamics run, WM+BC unlocked 2.25 /
     # 2.45 ladder tasks per episode against 1.86 / 1.95 for BC from scratch (seeds 0 / 1,
