@@ -353,7 +353,7 @@ def evaluate_agents(
             results['ladder']['rates'][column] = rates_from_unlocks(out['unlocked'], names)
             results['ladder']['episode_stats'][column] = _stats(out, craftax.DEATH_CAUSES, ladder)
             results['ladder'].setdefault('tries', {})[column] = tries_stats(
-                out, env.action_achievement, craftax.ACTION_NAMES
+                out, getattr(env, 'action_achievement', ()), craftax.ACTION_NAMES
             )
         if 'single' in modes:
             rates = {}
