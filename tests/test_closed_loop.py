@@ -74,6 +74,8 @@ class CountingEnv:
     """Fake env with K = 3 achievements: action a < 3 unlocks achievement a (once). Episode e
     ends after `2 + e` steps; stepping an ended episode is absorbing (no unlocks), like Craftax."""
 
+    action_achievement = (0, 1, 2) + (-1,) * 14
+
     def reset(self, key, n):
         del key
         state = {'t': jnp.zeros(n, jnp.int32), 'got': jnp.zeros((n, 3), bool)}
@@ -95,9 +97,6 @@ class CountingEnv:
         hit = jax.nn.one_hot(actions, 3, dtype=bool) & ~state['got'] & ~done[:, None]
         new = {'t': state['t'] + (~done), 'got': state['got'] | hit}
         return new, self._ts(new, hit, jnp.zeros_like(done))
-
-
-CountingEnv.action_achievement = (0, 1, 2) + (-1,) * 14
 
 
 class RecipeEnv(CountingEnv):
@@ -154,6 +153,14 @@ def test_play_counts_presses_and_refused_tries():
     assert st['a2']['successes'] == 3 and st['a2']['refused'] == pytest.approx(4 / 7)
     md = tries_table({'agent': st, 'other': {'a2': st['a2']}})
     assert '| a2 | 1.75 (57 %) | 1.75 (57 %) |' in md and '| a0 | 1.00 (0 %) | - |' in md
+
+
+def test_play_rejects_an_action_map_of_the_wrong_size():
+    class ShortMapEnv(CountingEnv):
+        action_achievement = (0, 1, 2)
+
+    with pytest.raises(ValueError, match='maps 3 actions; the policy has 17'):
+        closed_loop.play(ShortMapEnv(), PromptFollower(), {}, jax.random.key(0), 1, 1, [0], 10)
 
 
 def test_craftax_place_and_make_actions_map_to_their_achievements():

@@ -153,8 +153,13 @@ def _play_batch(env, policy, num_envs: int, max_steps: int, params, ladder_L: Ar
     env_state, ts = env.reset(k_reset, num_envs)
     k = ts.unlocked.shape[-1]
     num_actions = policy.dist.components[0][2]
-    # The achievement only each action unlocks (-1: none; an env without the map has none).
-    ach_A = jnp.asarray(getattr(env, 'action_achievement', (-1,) * num_actions), jnp.int32)
+    # The achievement only each action unlocks (-1: none).
+    if len(env.action_achievement) != num_actions:
+        raise ValueError(
+            f'env.action_achievement maps {len(env.action_achievement)} actions; the policy has '
+            f'{num_actions}'
+        )
+    ach_A = jnp.asarray(env.action_achievement, jnp.int32)
     carry = dict(
         env=env_state,
         ts=ts,
@@ -353,7 +358,7 @@ def evaluate_agents(
             results['ladder']['rates'][column] = rates_from_unlocks(out['unlocked'], names)
             results['ladder']['episode_stats'][column] = _stats(out, craftax.DEATH_CAUSES, ladder)
             results['ladder'].setdefault('tries', {})[column] = tries_stats(
-                out, getattr(env, 'action_achievement', ()), craftax.ACTION_NAMES
+                out, env.action_achievement, craftax.ACTION_NAMES
             )
         if 'single' in modes:
             rates = {}
