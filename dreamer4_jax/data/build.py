@@ -277,6 +277,7 @@ def _collect_craftax(cfg, stage, progress) -> dict[str, Any]:
         chunk_steps=col.chunk_steps,
         progress=progress,
         task_events=col.get('task_events', 'first'),
+        try_epsilon=float(col.get('try_epsilon', 0.0)),
     )
     return {
         'collection_seconds': round(stats.seconds, 2),

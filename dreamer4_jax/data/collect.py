@@ -27,7 +27,7 @@ from dreamer4_jax.data.config import DataError, dataset_path, default_data_confi
 
 _TOP = ('source', 'name', 'dir', 'resolution', 'width', 'eval_fraction')
 _COLLECT = ('num_episodes', 'max_steps', 'num_envs', 'seed', 'max_repeat', 'epsilon',
-            'pool_size', 'chunk_steps', 'task_events')  # fmt: skip
+            'pool_size', 'chunk_steps', 'task_events', 'try_epsilon')  # fmt: skip
 
 
 def parse_policy_mix(text: str) -> dict[str, float]:

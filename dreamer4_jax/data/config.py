@@ -67,6 +67,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.collect.policy_mix = ml_collections.ConfigDict({'random': 0.5, 'seeker': 0.5})
     c.collect.max_repeat = 4  # random policy: each action held for 1..max_repeat steps
     c.collect.epsilon = 0.05  # seeker: probability of a uniformly random action
+    # seeker: probability of a "try", a uniformly chosen place/make action wherever it stands, most
+    # of which the game refuses (data/policies.py; README, "Tries in the data").
+    c.collect.try_epsilon = 0.0
     c.collect.pool_size = 1024  # pre-generated worlds; episode e starts in world e % pool_size
     c.collect.chunk_steps = 32  # env steps per jitted scan
     # Which achievement events are task rewards: 'first' (the unlock, once per episode, as the
@@ -137,6 +140,8 @@ def check_data_config(cfg: ml_collections.ConfigDict, *, for_build: bool = False
             fail('collect', 'num_envs, chunk_steps, pool_size and max_repeat must be >= 1')
         if not 0.0 <= col.epsilon <= 1.0:
             fail('collect.epsilon', f'{col.epsilon} must be in [0, 1]')
+        if not 0.0 <= col.get('try_epsilon', 0.0) <= 1.0:
+            fail('collect.try_epsilon', f'{col.try_epsilon} must be in [0, 1]')
         if col.get('task_events', 'first') not in TASK_EVENTS:
             fail('collect.task_events', f'{col.task_events!r} must be "first" or "every"')
         mix = dict(col.policy_mix)
@@ -166,6 +171,8 @@ def collection_settings(cfg: ml_collections.ConfigDict) -> dict:
         col.pop('num_envs')
         if col.get('task_events', 'first') == 'first':  # the datasets built before the option
             col.pop('task_events', None)
+        if not col.get('try_epsilon', 0.0):  # likewise before tries existed
+            col.pop('try_epsilon', None)
         return {**base, **col}
     v = cfg.vpt
     return {**base, 'vpt_dir': str(v.dir), 'strict': bool(v.strict),

@@ -10,7 +10,11 @@ The offline data should be worth learning from, like human play is for Minecraft
   wood pickaxe, stone, stone pickaxe, furnace, coal, iron, iron pickaxe, diamond; swords on the
   way) with a shortest-path field on a local crop, heads towards the nearest wanted block on the
   whole map when none is in the crop, and takes a uniformly random action with probability
-  `epsilon` (exploration noise).
+  `epsilon` (exploration noise). With probability `try_epsilon` it instead presses one of the ten
+  place/make actions, uniformly, wherever it is (a "try"): the game refuses most of them (no
+  table near, too little wood). The scripted seeker crafts only when it can, so without tries a
+  world model trained on its data never sees a refused craft, and imagination then pays for
+  crafts the game would refuse (PAPER 10.3 names that failure; README, "Tries in the data").
 - 'view_seeker': the same seeker restricted to what the frame shows (the 7 x 9 cells of the
   Craftax-Classic view around the player): it targets, fights and paths around only what is in
   view, and explores when nothing it wants is visible. The plain seeker reads a 17 x 17 crop and
@@ -26,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from craftax.craftax_classic.constants import Achievement, Action, BlockType
 
-from dreamer4_jax.envs.craftax import NUM_ACTIONS, EnvState
+from dreamer4_jax.envs.craftax import ACTION_ACHIEVEMENT, NUM_ACTIONS, EnvState
 
 POLICY_NAMES = ('random', 'seeker', 'view_seeker')
 CROP_RADIUS = 8
@@ -42,6 +46,11 @@ _ACH = Achievement
 _MOVES = jnp.array([_A.LEFT.value, _A.RIGHT.value, _A.UP.value, _A.DOWN.value], jnp.int32)
 _OFFSETS = jnp.array([[0, -1], [0, 1], [-1, 0], [1, 0]], jnp.int32)
 _WALKABLE = (_B.GRASS.value, _B.SAND.value, _B.PATH.value)
+# The place/make actions a seeker's try presses (those with an achievement of their name).
+TRY_ACTIONS = tuple(a for a, ach in enumerate(ACTION_ACHIEVEMENT) if ach >= 0)
+# fold_in constant for the try's key: the other keys stay as they were, so a dataset collected
+# with try_epsilon = 0 is the one collected before the option existed.
+_TRY_KEY = 7
 
 
 class PolicyState(NamedTuple):
@@ -174,8 +183,12 @@ def seeker_policy(
     key: jax.Array,
     epsilon: float,
     visible_only: bool = False,
+    try_epsilon: float = 0.0,
 ) -> tuple[jax.Array, PolicyState]:
     """Scripted achievement seeker with epsilon-uniform exploration noise (see module doc).
+
+    try_epsilon (static): probability that the step's action is replaced by a uniformly chosen
+    place/make action (TRY_ACTIONS), after the noise.
 
     visible_only (static): the 'view_seeker', which knows only the cells its frame shows; cells
     out of view count as out of bounds (never a target, never on a path), mobs there are unseen,
@@ -282,6 +295,12 @@ def seeker_policy(
     _, action = _first_of([fight, sleep, craft, place, reposition, sapling, seek], explore)
     noise = jax.random.uniform(k_noise) < epsilon
     action = jnp.where(noise, jax.random.randint(k_rand, (), 0, NUM_ACTIONS), action)
+    if try_epsilon > 0:
+        k_try, k_which = jax.random.split(jax.random.fold_in(key, _TRY_KEY))
+        tried = jnp.asarray(TRY_ACTIONS, jnp.int32)[
+            jax.random.randint(k_which, (), 0, len(TRY_ACTIONS))
+        ]
+        action = jnp.where(jax.random.uniform(k_try) < try_epsilon, tried, action)
     return action, pstate._replace(explore_dir=explore_dir, explore_left=explore_left)
 
 
@@ -294,6 +313,7 @@ def act(
     max_repeat: int,
     epsilon: float,
     used: tuple[int, ...] = (0, 1),
+    try_epsilon: float = 0.0,
 ) -> tuple[jax.Array, PolicyState]:
     """Action of policy POLICY_NAMES[policy_id]. Every policy in `used` (static ids) is computed
     and the id selects, so a single-policy dataset skips the others' compute."""
@@ -303,7 +323,9 @@ def act(
         name = POLICY_NAMES[i]
         if name == 'random':
             return random_policy(pstate, k1, max_repeat)
-        return seeker_policy(state, pstate, k2, epsilon, visible_only=name == 'view_seeker')
+        return seeker_policy(
+            state, pstate, k2, epsilon, visible_only=name == 'view_seeker', try_epsilon=try_epsilon
+        )
 
     outs = [run(i) for i in used]
     action, new_pstate = outs[0]

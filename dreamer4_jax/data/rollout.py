@@ -80,13 +80,13 @@ def _make_chunk_fn(
     epsilon: float,
     used: tuple[int, ...],
     task_events: str = 'first',
+    try_epsilon: float = 0.0,
 ):
     """Jitted: carry, pool, policy_of_episode, num_episodes, keys -> carry, rows [K, N, ...]."""
 
     def act_one(policy_id, state, pstate, key):
-        return policies.act(
-            policy_id, state, pstate, key, max_repeat=max_repeat, epsilon=epsilon, used=used
-        )
+        kw = dict(max_repeat=max_repeat, epsilon=epsilon, used=used, try_epsilon=try_epsilon)
+        return policies.act(policy_id, state, pstate, key, **kw)
 
     def step(carry: _Carry, pool: ResetPool, policy_of, num_episodes, keys):
         k_env, k_pol = keys
@@ -221,6 +221,7 @@ def collect_episodes(
     chunk_steps: int = 32,
     progress: bool = True,
     task_events: str = 'first',
+    try_epsilon: float = 0.0,
 ) -> CollectStats:
     """Runs `num_episodes` Craftax episodes with `num_envs` parallel envs; calls `on_episode`
     once per finished episode (in completion order) with an Episode dict. `task_events` says
@@ -235,7 +236,7 @@ def collect_episodes(
     key_world, key_env, key_pol = rollout_keys(seed)
     pool = env.make_pool(key_world, min(pool_size, num_episodes), chunk=min(num_envs, 64))
     used = tuple(sorted({int(p) for p in np.asarray(policy_of)}))
-    chunk = _make_chunk_fn(env, chunk_steps, max_repeat, epsilon, used, task_events)
+    chunk = _make_chunk_fn(env, chunk_steps, max_repeat, epsilon, used, task_events, try_epsilon)
 
     first = jnp.arange(num_envs, dtype=jnp.int32)
     state, ts = env.reset_from_pool(pool, first % pool.frames.shape[0])
