@@ -323,6 +323,78 @@ def test_view_seeker_acts_only_on_what_its_frame_shows(seeker_setup):
     assert int(a) == int(want)
 
 
+def test_seeker_tries_replace_its_action_with_a_place_or_make_action(seeker_setup):
+    """try_epsilon: the step's action becomes one of the ten place/make actions, uniformly, with
+    that probability; every other step keeps the action the seeker takes without tries."""
+    state, pos, plain = seeker_setup
+    names = sorted(Action(a).name.lower() for a in policies.TRY_ACTIONS)
+    assert names == sorted(n for n in (a.name.lower() for a in Action)
+                           if n.startswith(('place_', 'make_')))  # fmt: skip
+    assert len(names) == 10
+    table = state.replace(
+        map=state.map.at[pos[0] + 1, pos[1] + 1].set(BlockType.CRAFTING_TABLE.value),
+        inventory=state.inventory.replace(wood=like(state.inventory.wood, 1)),
+    )
+    tried = {
+        p: jax.jit(
+            lambda s, k, p=p: policies.seeker_policy(
+                s, policies.init_policy_state(), k, 0.05, try_epsilon=p
+            )[0]
+        )
+        for p in (0.3, 1.0)
+    }
+    noisy = jax.jit(
+        lambda s, k: policies.seeker_policy(s, policies.init_policy_state(), k, 0.05)[0]
+    )
+    keys = [jax.random.PRNGKey(i) for i in range(400)]
+    base = np.asarray([int(noisy(table, k)) for k in keys])
+    some = np.asarray([int(tried[0.3](table, k)) for k in keys])
+    replaced = some != base
+    assert np.isin(some[replaced], policies.TRY_ACTIONS).all()
+    # A try can draw the action the seeker takes anyway (1 in 10), so about 0.3 * 0.9 differ.
+    assert 0.2 < replaced.mean() < 0.35
+    every = np.asarray([int(tried[1.0](table, k)) for k in keys])
+    counts = np.bincount(every, minlength=17)[list(policies.TRY_ACTIONS)]
+    assert counts.sum() == len(keys) and counts.min() >= 20  # each of the ten about 40 times
+    assert (
+        int(noisy(table, keys[0])) == int(plain(table, keys[0])) == Action.MAKE_WOOD_PICKAXE.value
+    )
+
+
+def test_tries_name_another_dataset_and_leave_the_random_episodes_alone(cfg):
+    """try_epsilon = 0 keeps the settings of datasets built before tries (no new key); > 0 is
+    another dataset whose random-policy episodes are the same and whose seeker presses place/make
+    actions far more often; a value outside [0, 1] is an error that builds nothing."""
+    assert 'try_epsilon' not in collection_settings(cfg)
+    tries = copy.deepcopy(cfg)
+    tries.collect.try_epsilon = 0.5
+    assert collection_settings(tries)['try_epsilon'] == 0.5
+    with pytest.raises(Exception, match=r"different settings for \['try_epsilon'\]"):
+        build.ensure_dataset(tries, progress=False)
+    tries.name = 'craftax_test_tries'
+    build.ensure_dataset(tries, progress=False)
+    plain_meta, plain_eps = read_episodes(cfg, 'train')
+    meta, tried_eps = read_episodes(tries, 'train')
+    np.testing.assert_array_equal(
+        meta.splits['train'].episode_ids, plain_meta.splits['train'].episode_ids
+    )
+    share = {}
+    for policy, a, b in zip(meta.splits['train'].policies, plain_eps, tried_eps, strict=True):
+        if policy == 'random':
+            np.testing.assert_array_equal(a['image'], b['image'])
+            np.testing.assert_array_equal(a['action'], b['action'])
+        else:
+            for name, ep in (('plain', a), ('tries', b)):
+                acts = ep['action'][:-1]
+                share[name] = np.isin(acts, policies.TRY_ACTIONS).mean()
+    assert share['tries'] > 0.3 and share['tries'] > share['plain'] + 0.2
+    bad = copy.deepcopy(cfg)
+    bad.name, bad.collect.try_epsilon = 'craftax_test_bad_tries', 1.5
+    with pytest.raises(Exception, match=r'collect.try_epsilon: 1.5 must be in \[0, 1\]'):
+        build.ensure_dataset(bad, progress=False)
+    assert not build.dataset_path(bad).exists()
+
+
 def test_policy_mix_weight_zero_names_the_same_dataset(cfg):
     """A mix naming a policy at weight 0 is the mix without it: the built dataset is reused."""
     same = copy.deepcopy(cfg)
