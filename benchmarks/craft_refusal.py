@@ -16,7 +16,8 @@ and for the model. A model that knows the preconditions changes the inventory fo
 presses and leaves it as noop's for refused ones; `refusal_ratio` (the model's inventory change
 on refused presses over that on accepted ones) is 0 for such a model and about 1 for one that
 makes every press succeed. `noise_floor` is the change between two noop frames sampled with
-different noise: what sampling alone moves.
+different noise: what sampling alone moves. `moves` is the whole-frame change of the four moves
+against noop, for the game and the model: a model that reads its actions moves the view there.
 
 Prints a markdown table, then one JSON line (also written to --out).
 """
@@ -44,9 +45,11 @@ from dreamer4_jax.tokenizer import Tokenizer
 INVENTORY_TOP = 49
 INVENTORY_BOTTOM = 63
 NOOP = Action.NOOP.value
-# The probed actions: the ten place/make actions, then noop (the reference every press is
-# compared with).
-PROBE_ACTIONS = (*policies.TRY_ACTIONS, NOOP)
+# The probed actions: the ten place/make actions, the four moves (a check that the model reads
+# actions at all: a move changes the whole view), then noop (what every press is compared with).
+MOVES = tuple(a.value for a in (Action.LEFT, Action.RIGHT, Action.UP, Action.DOWN))
+PRESSES = policies.TRY_ACTIONS
+PROBE_ACTIONS = (*PRESSES, *MOVES, NOOP)
 SEEKER = policies.POLICY_NAMES.index('seeker')
 
 
@@ -191,7 +194,7 @@ def play_and_probe(run: pretrained.Pretrained, *, envs: int, steps: int, every: 
 def summarize(found: dict) -> dict:
     """Per probed place/make action and outcome: counts and mean changes; the refusal ratios."""
     rows, acc = {}, found['accepted']
-    for i, a in enumerate(PROBE_ACTIONS[:-1]):
+    for i, a in enumerate(PRESSES):
         row = {}
         for outcome, mask in (('accepted', acc[:, i]), ('refused', ~acc[:, i])):
             row[f'n_{outcome}'] = int(mask.sum())
@@ -199,18 +202,24 @@ def summarize(found: dict) -> dict:
                 row[f'{k}_{outcome}'] = float(found[k][mask, i].mean()) if mask.any() else math.nan
         row['refusal_ratio'] = ratio(row['model_inv_refused'], row['model_inv_accepted'])
         rows[ACTION_NAMES[a]] = row
-    presses = acc[:, :-1]
+    n = len(PRESSES)
+    presses = acc[:, :n]
     pooled = {
         'n_accepted': int(presses.sum()),
         'n_refused': int((~presses).sum()),
-        'model_inv_accepted': masked_mean(found['model_inv'][:, :-1], presses),
-        'model_inv_refused': masked_mean(found['model_inv'][:, :-1], ~presses),
-        'real_inv_accepted': masked_mean(found['real_inv'][:, :-1], presses),
-        'real_inv_refused': masked_mean(found['real_inv'][:, :-1], ~presses),
+        'model_inv_accepted': masked_mean(found['model_inv'][:, :n], presses),
+        'model_inv_refused': masked_mean(found['model_inv'][:, :n], ~presses),
+        'real_inv_accepted': masked_mean(found['real_inv'][:, :n], presses),
+        'real_inv_refused': masked_mean(found['real_inv'][:, :n], ~presses),
         'noise_floor': float(np.mean(found['noise_floor'])),
     }
     pooled['refusal_ratio'] = ratio(pooled['model_inv_refused'], pooled['model_inv_accepted'])
-    return {'actions': rows, 'pooled': pooled}
+    moves = slice(n, n + len(MOVES))
+    moved = {
+        'real_full': float(found['real_full'][:, moves].mean()),
+        'model_full': float(found['model_full'][:, moves].mean()),
+    }
+    return {'actions': rows, 'pooled': pooled, 'moves': moved}
 
 
 def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
@@ -240,6 +249,11 @@ def markdown(summary: dict) -> str:
         )
     lines.append('')
     lines.append(f'Noise floor (two noop samples): {f(summary["pooled"]["noise_floor"])}.')
+    m = summary['moves']
+    lines.append(
+        f'Moves (whole-frame change against noop): game {f(m["real_full"])}, model '
+        f'{f(m["model_full"])}.'
+    )
     return '\n'.join(lines)
 
 

@@ -87,7 +87,7 @@ def test_game_probe_accepts_only_what_the_game_allows(env, start):
 
 
 def test_summarize_counts_means_and_ratios():
-    """Hand-built probes: two probes, actions 0 and 1 probed (others refused with no change)."""
+    """Hand-built probes: two probes, presses 0 and 1 probed (others refused with no change)."""
     p, a = 2, len(cr.PROBE_ACTIONS)
     found = {k: np.zeros((p, a)) for k in ('real_inv', 'real_full', 'model_inv', 'model_full')}
     found['accepted'] = np.zeros((p, a), bool)
@@ -106,9 +106,13 @@ def test_summarize_counts_means_and_ratios():
     second = s['actions'][list(s['actions'])[1]]
     assert second['n_accepted'] == 0 and math.isnan(second['refusal_ratio'])
     pooled = s['pooled']
-    assert (pooled['n_accepted'], pooled['n_refused']) == (1, 2 * (a - 1) - 1)
-    assert pooled['model_inv_refused'] == pytest.approx((0.05 + 0.6) / (2 * (a - 1) - 1))
+    assert (pooled['n_accepted'], pooled['n_refused']) == (1, 2 * len(cr.PRESSES) - 1)
+    assert pooled['model_inv_refused'] == pytest.approx((0.05 + 0.6) / (2 * len(cr.PRESSES) - 1))
     assert pooled['noise_floor'] == pytest.approx(0.02)
+    assert s['moves'] == {'real_full': 0.0, 'model_full': 0.0}
+    found['model_full'][:, len(cr.PRESSES)] = 0.4  # the first move, in both probes
+    assert cr.summarize(found)['moves']['model_full'] == pytest.approx(0.4 / len(cr.MOVES))
+    assert len(s['actions']) == len(cr.PRESSES) == 10
     table = cr.markdown(s)
     assert 'all place/make (pooled)' in table and 'n/a' in table
 
@@ -124,6 +128,7 @@ def test_probe_runs_on_a_saved_dynamics_run(tmp_path, capsys):
     assert pooled['n_accepted'] + pooled['n_refused'] == 2 * 2 * 10
     assert json.loads(out.read_text())['pooled']['n_refused'] == pooled['n_refused']
     assert pooled['noise_floor'] > 0  # two samples of a random model differ
+    assert summary['moves']['real_full'] > 0  # a move changes the game's view
     assert 'refusal ratio' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cr.main(['--dynamics_workdir', runs['tokenizer']])
