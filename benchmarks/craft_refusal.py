@@ -147,7 +147,7 @@ def play_and_probe(run: pretrained.Pretrained, *, envs: int, steps: int, every: 
                 jnp.int32(SEEKER), s, p, k, max_repeat=1, epsilon=0.05, used=(SEEKER,)
             )  # fmt: skip
         )(states, pstates, jax.random.split(k_act, envs))
-        states, ts = env._step(states, acts, k_env)
+        states, ts = env.step(states, acts, k_env)
         return states, pstates, acts, ts
 
     root = jax.random.key(seed)
@@ -162,9 +162,8 @@ def play_and_probe(run: pretrained.Pretrained, *, envs: int, steps: int, every: 
             keys = jax.random.split(jax.random.fold_in(root, 3 * t + 1), envs)
             real, accepted = jax.device_get(game_probe(states, keys))
             ctx = np.stack(frames[t - context + 1 : t + 1], axis=1).astype(np.float32) / 255.0
-            ctx_act = np.stack(actions[t - context + 1 : t], axis=1) if context > 1 else None
-            if ctx_act is None:
-                ctx_act = np.zeros((envs, 0), np.int32)
+            past = actions[t - context + 1 : t]  # the actions between the context frames
+            ctx_act = np.stack(past, axis=1) if past else np.zeros((envs, 0), np.int32)
             gen = np.asarray(model_probe(params, tok_params, ctx, ctx_act,
                                          jax.random.fold_in(root, 3 * t + 2)))  # fmt: skip
             real = real.astype(np.float32) / 255.0
@@ -176,7 +175,7 @@ def play_and_probe(run: pretrained.Pretrained, *, envs: int, steps: int, every: 
                 out[k].append(v[live])
             out['noise_floor'].append(floor[live])
             log(f'[craft_refusal] step {t}: {int(live.sum())} live envs probed, '
-                f'{int(accepted[live][:, :-1].sum())} presses accepted')  # fmt: skip
+                f'{int(accepted[live][:, : len(PRESSES)].sum())} presses accepted')  # fmt: skip
         states, pstates, acts, ts = seeker_step(
             states, pstates, jax.random.fold_in(root, 3 * t + 3)
         )
