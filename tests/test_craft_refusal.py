@@ -66,7 +66,7 @@ def test_game_probe_accepts_only_what_the_game_allows(env, start):
     r, c = np.asarray(start.player_position)
     at_table = start.replace(map=start.map.at[r + 1, c + 1].set(BlockType.CRAFTING_TABLE.value))
     states = jax.tree.map(lambda *x: jnp.stack(x), with_wood(at_table, 1), with_wood(at_table, 0))
-    frames, accepted = jax.device_get(
+    frames, accepted, paid = jax.device_get(
         cr.make_game_probe(env)(states, jax.random.split(jax.random.key(0), 2))
     )
     col = {a: i for i, a in enumerate(cr.PROBE_ACTIONS)}
@@ -76,14 +76,57 @@ def test_game_probe_accepts_only_what_the_game_allows(env, start):
         col[Action.NOOP.value],
     )
     assert accepted[0, pick] and not accepted[1, pick]
+    assert paid[0, pick] and not paid[1].any()  # the first wood pickaxe pays; a refusal never
     assert not accepted[:, table].any() and not accepted[:, noop].any()  # one wood: no table
     frames = frames.astype(np.float32) / 255.0
     inv, _ = cr.pixel_change(frames, frames[:, noop : noop + 1])
     assert inv[0, pick] > 0 and inv[1, pick] == 0
     np.testing.assert_array_equal(frames[1, pick], frames[1, noop])
     two = jax.tree.map(lambda x: x[None], with_wood(start, 2))
-    _, acc = jax.device_get(cr.make_game_probe(env)(two, jax.random.split(jax.random.key(1), 1)))
+    _, acc, _ = jax.device_get(cr.make_game_probe(env)(two, jax.random.split(jax.random.key(1), 1)))
     assert acc[0, table] and acc[0].sum() == 1  # nothing else is possible with two wood
+
+
+def test_game_probe_pays_only_a_first_unlock(env, start):
+    """A second wood pickaxe is accepted (the wood is spent) but the task pays only once."""
+    r, c = np.asarray(start.player_position)
+    at_table = start.replace(map=start.map.at[r + 1, c + 1].set(BlockType.CRAFTING_TABLE.value))
+    done = with_wood(at_table, 1)
+    pick_ach = cr.ACTION_ACHIEVEMENT[Action.MAKE_WOOD_PICKAXE.value]
+    done = done.replace(achievements=done.achievements.at[pick_ach].set(True))
+    states = jax.tree.map(lambda *x: jnp.stack(x), with_wood(at_table, 1), done)
+    _, accepted, paid = jax.device_get(
+        cr.make_game_probe(env)(states, jax.random.split(jax.random.key(2), 2))
+    )
+    pick = cr.PROBE_ACTIONS.index(Action.MAKE_WOOD_PICKAXE.value)
+    assert accepted[:, pick].all()
+    assert paid[0, pick] and not paid[1, pick]
+    assert not paid[:, len(cr.PRESSES) :].any()  # moves and noop pay no task
+
+
+def test_reward_summary_splits_paid_unpaid_refused():
+    """Hand-built readings [P = 3, presses, 3]: press 0 paid in probe 0, accepted again unpaid in
+    probe 1, refused in probe 2."""
+    n = len(cr.PRESSES)
+    read = np.zeros((3, n, 3))
+    read[:, 0] = [[0.9, 0.8, 0.7], [0.2, 0.1, 0.0], [0.5, 0.4, 0.3]]
+    read[:, 1] = 0.25  # press 1 refused everywhere
+    accepted = np.zeros((3, n), bool)
+    accepted[:2, 0] = True
+    paid = np.zeros((3, n), bool)
+    paid[0, 0] = True
+    s = cr.summarize_rewards(read, accepted, paid)
+    first = s['actions'][next(iter(s['actions']))]
+    assert (first['n_paid'], first['n_unpaid'], first['n_refused']) == (1, 1, 1)
+    assert first['dreamed_paid'] == pytest.approx(0.9)
+    assert first['real_press_unpaid'] == pytest.approx(0.1)
+    assert first['real_noop_refused'] == pytest.approx(0.3)
+    pooled = s['pooled']
+    assert pooled['n_refused'] == 3 * n - 2
+    # Refused: press 0 once (0.5), press 1 three times (0.25), the rest zero.
+    assert pooled['dreamed_refused'] == pytest.approx((0.5 + 3 * 0.25) / (3 * n - 2))
+    assert math.isnan(s['actions'][list(s['actions'])[1]]['dreamed_paid'])
+    assert 'all place/make (pooled)' in cr.reward_markdown(s)
 
 
 def test_summarize_counts_means_and_ratios():
@@ -132,3 +175,19 @@ def test_probe_runs_on_a_saved_dynamics_run(tmp_path, capsys):
     assert 'refusal ratio' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cr.main(['--dynamics_workdir', runs['tokenizer']])
+
+
+def test_probe_reads_the_reward_head_of_a_saved_agent_run(tmp_path, capsys):
+    runs = make_runs(str(tmp_path))
+    summary = cr.main(['--agent_workdir', runs['agent'], '--envs=2', '--steps=2', '--every=2',
+                       '--context=2'])  # fmt: skip
+    rewards = summary['reward']['pooled']
+    # One probe (step 1), two envs, ten presses each, every one in exactly one outcome.
+    assert sum(rewards[f'n_{o}'] for o in cr.OUTCOMES) == 2 * 10
+    assert summary['pooled']['n_accepted'] + summary['pooled']['n_refused'] == 2 * 10
+    assert all(math.isfinite(rewards[f'{r}_refused']) for r in cr.READINGS)
+    assert 'the reward head' in capsys.readouterr().out.lower()
+    with pytest.raises(SystemExit):  # an agent run is not a dynamics run, and the reverse
+        cr.main(['--dynamics_workdir', runs['agent']])
+    with pytest.raises(SystemExit):
+        cr.main(['--agent_workdir', runs['dynamics']])
