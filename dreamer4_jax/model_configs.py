@@ -246,6 +246,11 @@ def agent_config_dict(**overrides) -> ml_collections.ConfigDict:
     c.bc_rows = 'relevant'  # PAPER 9.3: BC on task-relevant windows only
     c.dynamics_rows = 'uniform'  # PAPER 9.3: video prediction on uniform windows only
     c.reward_rows = 'all'  # PAPER 9.3 [U]
+    # The task prompted on windows without a relevant event (PAPER 9.3 [U]): 'random' (uniform
+    # over the tasks), or 'pressed' (Craftax: the task of a place/make action pressed in the
+    # window, so refused presses become reward targets of 0 under their own task;
+    # world_model.row_tasks).
+    c.uniform_prompts = 'random'
     c.eval_windows = 0  # held-out windows for the BC / reward metrics; 0: data.eval_batch_size
     c.update(overrides)
     return c

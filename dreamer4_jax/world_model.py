@@ -130,13 +130,21 @@ def encode_frames(tok: Tokenizer, tok_params: Any, image_BTHWC: Array) -> Array:
     return jax.lax.stop_gradient(z)
 
 
-def row_tasks(batch: dict, num_tasks: int, rng: Array) -> tuple[Array, Array]:
+def row_tasks(
+    batch: dict, num_tasks: int, rng: Array, pressed_task: tuple[int, ...] | None = None
+) -> tuple[Array, Array]:
     """(task_B, relevant_B): the task each window is about, and whether it is task-relevant.
 
     The pipeline gives 'task_id' and 'relevant' per step ([B, T], constant along T; task -1 for
     uniform rows). Without them (hand-made batches) a row is relevant when an achievement
     unlocks in it at t >= 1, and its task is the first such one. Rows without a task get a
     uniformly random one: reward negatives, and a prompt for imagination (PAPER 9.3).
+
+    `pressed_task` (a task per categorical action, -1 for none; `config.agent.uniform_prompts =
+    'pressed'`): a row without a task is prompted instead with the task of an action pressed in
+    it (one of them at random) before its last frame, so the frame its reward arrives with is in
+    the window; rows with no such press keep a random task. A press the game refused is then
+    a reward target of 0 under its own task, which random prompts give once in num_tasks.
     """
     tr_BTK = batch['task_reward']
     b = tr_BTK.shape[0]
@@ -156,4 +164,22 @@ def row_tasks(batch: dict, num_tasks: int, rng: Array) -> tuple[Array, Array]:
         )
         task_B = jnp.where(relevant_B, jnp.argmin(first_t_BK, axis=1), -1).astype(jnp.int32)
     random_B = jax.random.randint(rng, (b,), 0, num_tasks)
+    if pressed_task is not None:  # its own key: the random prompts stay as they were
+        pressed_B = pressed_tasks(batch, pressed_task, jax.random.fold_in(rng, 1))
+        task_B = jnp.where(task_B >= 0, task_B, pressed_B)
     return jnp.where(task_B >= 0, task_B, random_B), relevant_B
+
+
+def pressed_tasks(batch: dict, pressed_task: tuple[int, ...], rng: Array) -> Array:
+    """int [B]: the task of one action (uniformly among them) that each row presses before its
+    last frame and that has a task in `pressed_task`; -1 for rows with none."""
+    (name,) = batch['action']  # one categorical action component
+    a_BT = jnp.asarray(batch['action'][name], jnp.int32)
+    table = jnp.asarray(pressed_task, jnp.int32)
+    valid = jnp.asarray(batch['has_action'], bool) & (a_BT >= 0) & (a_BT < table.shape[0])
+    task_BT = jnp.where(valid, table[jnp.clip(a_BT, 0, table.shape[0] - 1)], -1)
+    task_BT = task_BT.at[:, -1].set(-1)  # its reward would arrive after the window
+    # A uniform choice among the pressed positions: the largest of uniform scores, +1 on presses.
+    score = jax.random.uniform(rng, task_BT.shape) + (task_BT >= 0)
+    pick = jnp.argmax(score, axis=1)
+    return jnp.take_along_axis(task_BT, pick[:, None], axis=1)[:, 0]

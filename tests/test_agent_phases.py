@@ -127,6 +127,50 @@ def test_row_tasks_from_task_rewards():
     assert int(task[0]) == 3 and int(task[2]) == 0
 
 
+def test_row_tasks_prompts_uniform_rows_with_a_pressed_task():
+    """uniform_prompts='pressed': a row without a relevant event is prompted with the task of a
+    place/make action it presses before its last frame (one of them at random); relevant rows,
+    unlabeled presses and rows without a press keep what they had."""
+    table = [-1] * 17
+    table[5], table[6] = 4, 3  # actions 5 and 6 are tasks 4 and 3
+    acts = np.zeros((B, T), np.int32)
+    acts[0, 1] = 5  # a relevant row (task 2): its task stays
+    acts[1, 2] = 5  # one press: task 4
+    acts[3, T - 1] = 6  # a press at the last frame: its reward is not in the window
+    has = np.ones((B, T), bool)
+    batch = {**_batch(), 'action': {'discrete': jnp.asarray(acts)}}
+    plain, _ = agent_phase.row_tasks(batch, K, jax.random.key(0))
+    task, relevant = agent_phase.row_tasks(batch, K, jax.random.key(0), tuple(table))
+    assert relevant.tolist() == [True, False, True, False]
+    assert int(task[0]) == 2 and int(task[2]) == 1 and int(task[1]) == 4
+    assert int(task[3]) == int(plain[3])  # no counted press: the same random prompt
+    # An unlabeled press (has_action False) does not count either.
+    has[1, 2] = False
+    off = {**batch, 'has_action': jnp.asarray(has)}
+    unlabeled, _ = agent_phase.row_tasks(off, K, jax.random.key(0), tuple(table))
+    assert int(unlabeled[1]) == int(plain[1])
+    # Two presses in a row: each is chosen about half the time.
+    acts[1, 4] = 6
+    two = {**batch, 'action': {'discrete': jnp.asarray(acts)}}
+    picks = [int(agent_phase.row_tasks(two, K, jax.random.key(i), tuple(table))[0][1])
+             for i in range(200)]  # fmt: skip
+    assert set(picks) == {3, 4} and 70 < picks.count(4) < 130
+
+
+def test_uniform_prompts_setting_is_checked():
+    config = _config('agent')
+    assert agent_phase.uniform_prompt_table(config) is None  # the default: random prompts
+    config.agent.uniform_prompts = 'pressed'
+    with pytest.raises(ConfigError, match='source'):
+        agent_phase.uniform_prompt_table(config)  # no Craftax actions in this data
+    config.data.source = 'craftax'
+    table = agent_phase.uniform_prompt_table(config)
+    assert len(table) == 17 and sum(t >= 0 for t in table) == 10
+    config.agent.uniform_prompts = 'sometimes'
+    with pytest.raises(ConfigError, match='uniform_prompts'):
+        agent_phase.uniform_prompt_table(config)
+
+
 @pytest.fixture(scope='module')
 def agent_run(pretrained):
     tok, (dyn_params, dyn_run) = pretrained

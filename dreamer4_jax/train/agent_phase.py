@@ -42,6 +42,7 @@ from dreamer4_jax import generation, losses, pretrained, shortcut, world_model
 from dreamer4_jax.agent import AgentHeads, agent_loss_terms, batch_majority_accuracy
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.dynamics import align_actions
+from dreamer4_jax.envs.craftax import ACTION_ACHIEVEMENT
 from dreamer4_jax.model_configs import shortcut_config_from
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources
@@ -52,6 +53,7 @@ from dreamer4_jax.train.warm_start import load_into, mask_by_prefix
 from dreamer4_jax.world_model import WorldModel, build_world_model, row_tasks
 
 ROW_CHOICES = ('relevant', 'uniform', 'all')
+UNIFORM_PROMPTS = ('random', 'pressed')
 TERMS = ('dynamics', 'bc', 'reward')
 __all__ = [
     'build_world_model',
@@ -246,13 +248,14 @@ class AgentStep:
     rows: tuple[tuple[str, str], ...]  # (term, row choice)
     rms_beta: float
     ema_decay: float  # 0: no EMA
+    pressed_task: tuple[int, ...] | None = None  # config.agent.uniform_prompts='pressed'
 
 
 def step_terms(s: AgentStep, batch, rng, consts, use_dynamics: bool):
     """params -> (unnormalized terms, logs) of one train step on `batch` (`finetune_loss` with
     the step's task prompts, row choices and clean latents)."""
     k_task, k_loss = jax.random.split(rng)
-    task_B, relevant_B = row_tasks(batch, s.wm.heads.config.num_tasks, k_task)
+    task_B, relevant_B = row_tasks(batch, s.wm.heads.config.num_tasks, k_task, s.pressed_task)
     rows = {term: _rows(choice, relevant_B) for term, choice in s.rows}
     z1 = batch_latents(s.tokenizer, batch, consts)
     return functools.partial(
@@ -289,6 +292,25 @@ def train_step(s: AgentStep, state, batch, rng, consts):
         decay = ema_decay_at(state.step, s.ema_decay)
         new = new.replace(aux={**new.aux, 'ema': ema_update(state.aux['ema'], new.params, decay)})
     return new, metrics
+
+
+def uniform_prompt_table(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+    """`row_tasks`'s pressed_task for config.agent.uniform_prompts: None for 'random'; for
+    'pressed', Craftax's task (achievement) of each place/make action."""
+    choice = str(config.agent.get('uniform_prompts', 'random'))
+    if choice not in UNIFORM_PROMPTS:
+        raise ConfigError(
+            f'config.agent.uniform_prompts={choice!r} must be one of {UNIFORM_PROMPTS}'
+        )
+    if choice == 'random':
+        return None
+    source = config.data.get('source', '')
+    if source != 'craftax':
+        raise ConfigError(
+            "config.agent.uniform_prompts='pressed' needs actions that are tasks (Craftax's "
+            f'place/make actions); config.data.source={source!r} has none'
+        )
+    return tuple(int(t) for t in ACTION_ACHIEVEMENT)
 
 
 def make_phase(
@@ -347,6 +369,7 @@ def make_phase(
         rows=tuple((k, str(ac[f'{k}_rows'])) for k in ('bc', 'dynamics', 'reward')),
         rms_beta=float(ac.rms_beta),
         ema_decay=float(ac.get('ema_decay', 0.0)),
+        pressed_task=uniform_prompt_table(config),
     )
     if not 0.0 <= step.ema_decay < 1.0:
         raise ConfigError(f'config.agent.ema_decay={step.ema_decay} must be in [0, 1) (0 = off)')
