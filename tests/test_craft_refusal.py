@@ -21,6 +21,12 @@ def env():
 
 
 @pytest.fixture(scope='module')
+def game_probe(env):
+    """One jitted probe for the module's tests: each batch size compiles once."""
+    return cr.make_game_probe(env)
+
+
+@pytest.fixture(scope='module')
 def start(env):
     """A world's first state with grass all around the player and no mobs."""
     states, _ = env.reset(jax.random.key(3), 1)
@@ -59,7 +65,7 @@ def test_inventory_rows_hold_the_inventory_and_only_it(env, start):
     assert rows[0].max() == cr.INVENTORY_TOP - 1
 
 
-def test_game_probe_accepts_only_what_the_game_allows(env, start):
+def test_game_probe_accepts_only_what_the_game_allows(game_probe, start):
     """Next to a table, make_wood_pickaxe is accepted with one wood and refused with none; a
     refused press gives exactly noop's next frame (same key), an accepted one changes the
     inventory rows; noop is never accepted; place_table needs two wood and a free cell ahead."""
@@ -67,7 +73,7 @@ def test_game_probe_accepts_only_what_the_game_allows(env, start):
     at_table = start.replace(map=start.map.at[r + 1, c + 1].set(BlockType.CRAFTING_TABLE.value))
     states = jax.tree.map(lambda *x: jnp.stack(x), with_wood(at_table, 1), with_wood(at_table, 0))
     frames, accepted, paid = jax.device_get(
-        cr.make_game_probe(env)(states, jax.random.split(jax.random.key(0), 2))
+        game_probe(states, jax.random.split(jax.random.key(0), 2))
     )
     col = {a: i for i, a in enumerate(cr.PROBE_ACTIONS)}
     pick, table, noop = (
@@ -83,11 +89,11 @@ def test_game_probe_accepts_only_what_the_game_allows(env, start):
     assert inv[0, pick] > 0 and inv[1, pick] == 0
     np.testing.assert_array_equal(frames[1, pick], frames[1, noop])
     two = jax.tree.map(lambda x: x[None], with_wood(start, 2))
-    _, acc, _ = jax.device_get(cr.make_game_probe(env)(two, jax.random.split(jax.random.key(1), 1)))
+    _, acc, _ = jax.device_get(game_probe(two, jax.random.split(jax.random.key(1), 1)))
     assert acc[0, table] and acc[0].sum() == 1  # nothing else is possible with two wood
 
 
-def test_game_probe_pays_only_a_first_unlock(env, start):
+def test_game_probe_pays_only_a_first_unlock(game_probe, start):
     """A second wood pickaxe is accepted (the wood is spent) but the task pays only once."""
     r, c = np.asarray(start.player_position)
     at_table = start.replace(map=start.map.at[r + 1, c + 1].set(BlockType.CRAFTING_TABLE.value))
@@ -95,9 +101,7 @@ def test_game_probe_pays_only_a_first_unlock(env, start):
     pick_ach = cr.ACTION_ACHIEVEMENT[Action.MAKE_WOOD_PICKAXE.value]
     done = done.replace(achievements=done.achievements.at[pick_ach].set(True))
     states = jax.tree.map(lambda *x: jnp.stack(x), with_wood(at_table, 1), done)
-    _, accepted, paid = jax.device_get(
-        cr.make_game_probe(env)(states, jax.random.split(jax.random.key(2), 2))
-    )
+    _, accepted, paid = jax.device_get(game_probe(states, jax.random.split(jax.random.key(2), 2)))
     pick = cr.PROBE_ACTIONS.index(Action.MAKE_WOOD_PICKAXE.value)
     assert accepted[:, pick].all()
     assert paid[0, pick] and not paid[1, pick]
