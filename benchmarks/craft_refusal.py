@@ -121,10 +121,10 @@ class Probed:
     params: Any = None
 
 
-def load_probed(workdir: str) -> Probed:
+def load_probed(run: pretrained.Pretrained) -> Probed:
     """A dynamics run, or an agent / imagination run (whose own dynamics weights, those
     imagination rolls out with, are probed, and whose reward head is read too)."""
-    run = pretrained.load(workdir)
+    workdir = run.workdir
     if run.phase == 'dynamics':
         tok_run = run.earlier()
         model = world_model.dynamics_of(run.config.dynamics, run.tokenizer_config())
@@ -212,11 +212,14 @@ def make_reward_probe(wm: world_model.WorldModel, tok: Tokenizer):
         has = jnp.ones((e, c), bool).at[:, 0].set(False)
         has_1 = jnp.ones((e, 1), bool)
         k_ctx, k_dream, k_obs = jax.random.split(rng, 3)
+        noop = {name: jnp.full((e, 1), NOOP, jnp.int32)}
 
         def one(i):
             task_1 = jnp.full((e, 1), jnp.asarray(achievement)[i], jnp.int32)
             press = {name: jnp.full((e, 1), jnp.asarray(PRESSES)[i], jnp.int32)}
-            noop = {name: jnp.full((e, 1), NOOP, jnp.int32)}
+            # The context is committed under each press's own task, as imagination commits it:
+            # the agent tokens of the next frame read the context's agent tokens through the
+            # cache, so one commit under another task would change the reading.
             cache = new_cache(wm.dynamics, e, c + 1)
             _, cache = observe(wm, params, z, {name: acts}, has,
                                jnp.broadcast_to(task_1, (e, c)), cache, k_ctx)  # fmt: skip
@@ -263,8 +266,8 @@ def play_and_probe(run: Probed, *, envs: int, steps: int, every: int, context: i
     states, ts = env.reset(jax.random.fold_in(root, 0), envs)
     pstates = jax.vmap(lambda _: policies.init_policy_state())(jnp.arange(envs))
     frames, actions, alive = [np.asarray(ts.frame)], [], [~np.asarray(ts.is_last)]
-    keys = ('real_inv', 'real_full', 'model_inv', 'model_full', 'accepted', 'paid', 'noise_floor')
-    out = {k: [] for k in keys + (('reward',) if reward_probe else ())}
+    fields = ('real_inv', 'real_full', 'model_inv', 'model_full', 'accepted', 'paid', 'noise_floor')
+    out = {k: [] for k in fields + (('reward',) if reward_probe else ())}
     for t in range(steps):
         if t >= context - 1 and (t - context + 1) % every == 0:
             live = alive[-1]
@@ -443,11 +446,11 @@ def main(argv=None) -> dict:
     if min(args.envs, args.steps, args.every) < 1 or args.context < 0:
         p.error('--envs, --steps and --every must be >= 1, --context >= 0')
     workdir = args.dynamics_workdir or args.agent_workdir
-    phase = pretrained.load(workdir).phase
+    loaded = pretrained.load(workdir)
     wanted = ('dynamics',) if args.dynamics_workdir else ('agent', 'imagination')
-    if phase not in wanted:
-        p.error(f'{workdir} holds a {phase!r} run, not one of {wanted}')
-    run = load_probed(workdir)
+    if loaded.phase not in wanted:
+        p.error(f'{workdir} holds a {loaded.phase!r} run, not one of {wanted}')
+    run = load_probed(loaded)
     context = args.context or max(1, run.window - 1)
     found = play_and_probe(run, envs=args.envs, steps=args.steps, every=args.every,
                            context=context, seed=args.seed)  # fmt: skip
