@@ -294,6 +294,11 @@ def imagination_config_dict(**overrides) -> ml_collections.ConfigDict:
     # head near its zero init makes every advantage positive).
     c.policy_warmup = 0
     c.data_mode = 'relevant'  # contexts from task-relevant windows, with their tasks
+    # [U] not in the paper: the prompt of a context from a uniform window ('mixture' or 'uniform'
+    # data_mode). 'random': a task drawn uniformly (PAPER 9.3's reward negatives); 'ladder': the
+    # first task of closed_loop.ladder its episode has not unlocked by the context's last frame,
+    # the prompt the ladder gives there in closed-loop play.
+    c.uniform_prompts = 'random'
     c.update(overrides)
     return c
 

@@ -13,6 +13,7 @@ from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.configs import base_config
 from dreamer4_jax.model_configs import (
     agent_config_dict,
+    closed_loop_config_dict,
     dynamics_config_dict,
     dynamics_config_from,
     imagination_config_dict,
@@ -169,6 +170,31 @@ def test_uniform_prompts_setting_is_checked():
     config.agent.uniform_prompts = 'sometimes'
     with pytest.raises(ConfigError, match='uniform_prompts'):
         agent_phase.uniform_prompt_table(config)
+
+
+def test_imagination_ladder_prompts_setting_is_checked():
+    """imagination.uniform_prompts='ladder' hands closed_loop.ladder to the data (which puts
+    the prompt in task_id, relevant False) and row_tasks takes it; it needs uniform windows."""
+    config = _config('imagination')
+    assert imagination_phase.uniform_prompt_ladder(config) is None  # the default: random
+    with config.unlocked():
+        config.imagination.uniform_prompts = 'ladder'
+    with pytest.raises(ConfigError, match="data_mode='relevant'"):
+        imagination_phase.uniform_prompt_ladder(config)
+    config.imagination.data_mode = 'mixture'
+    assert imagination_phase.uniform_prompt_ladder(config) == closed_loop_config_dict().ladder
+    config.closed_loop = closed_loop_config_dict(ladder='place_table,collect_wood')
+    assert imagination_phase.uniform_prompt_ladder(config) == 'place_table,collect_wood'
+    config.imagination.uniform_prompts = 'always'
+    with pytest.raises(ConfigError, match='uniform_prompts'):
+        imagination_phase.uniform_prompt_ladder(config)
+    ladder_row = {
+        **_batch(),
+        'task_id': jnp.repeat(jnp.asarray([[3], [5], [0], [-1]]), T, 1),
+        'relevant': jnp.repeat(jnp.asarray([[True], [False], [True], [False]]), T, 1),
+    }
+    task, relevant = agent_phase.row_tasks(ladder_row, K, jax.random.key(0))
+    assert int(task[1]) == 5 and not bool(relevant[1])
 
 
 @pytest.fixture(scope='module')

@@ -230,6 +230,62 @@ def test_relevant_tasks_filter_and_mixture_rows(cfg):
         np.testing.assert_array_equal(b['task_id'][2:], -1)
 
 
+def test_ladder_prompts_by_hand():
+    """The first ladder task not unlocked by the window's frame; an event at step s counts from
+    frame s on; out-of-order unlocks leave the earlier rung as the prompt; all done: the last."""
+    split = build.SplitMeta(
+        episode_ids=np.array([0, 1]),
+        lengths=np.array([10, 6]),
+        policies=('a', 'b'),
+        events=np.array([[0, 2, 0], [0, 5, 1], [0, 7, 2], [1, 1, 1]]),
+    )
+    ladder = np.array([0, 1, 2])
+    # Episode 0 starts at record 0, episode 1 at record 10.
+    starts = np.array([0, 0, 1, 3, 6, 10, 10])
+    frames = [1, 2, 1, 2, 1, 0, 5]
+    got = [int(pipeline.ladder_prompts(split, starts[i : i + 1], ladder, f)[0])
+           for i, f in enumerate(frames)]  # fmt: skip
+    # (0, 1): step 1, nothing yet -> 0; (0, 2): step 2, task 0 done -> 1; (1, 1): step 2 -> 1;
+    # (3, 2): step 5, tasks 0 and 1 -> 2; (6, 1): step 7, all three -> the last, 2;
+    # episode 1 unlocks task 1 only: task 0 stays the prompt.
+    assert got == [0, 1, 1, 2, 2, 0, 0]
+    np.testing.assert_array_equal(pipeline.ladder_prompts(split, starts, ladder, 2),
+                                  [1, 1, 1, 2, 2, 0, 0])  # fmt: skip
+
+
+def test_uniform_rows_carry_the_ladder_prompt(cfg):
+    """make_dataset(ladder=...): every uniform row's task_id is the prompt of the ladder at its
+    frame `ladder_frame`, from its episode's events before the window too; relevant rows keep
+    their event's task."""
+    names = ACHIEVEMENT_NAMES
+    rungs = [3, 21, 0]  # task (e + 3) % 22 fires at step 3 (task 3: episode 0), 21 at L - 1
+    ladder = ','.join(names[k] for k in rungs)
+    frame = 2
+    ds = pipeline.make_dataset(cfg, batch_size_per_process=B, mode='mixture', mixture_ratio=0.5,
+                               ladder=ladder, ladder_frame=frame)  # fmt: skip
+    seen = set()
+    for b in take(ds, 20):
+        check_provenance(b)
+        np.testing.assert_array_equal(b['relevant'][:, 0], [True, True, False, False])
+        assert np.all(b['task_reward'][np.arange(2), :, b['task_id'][:2, 0]][:, 1:].any(axis=1))
+        for e, step0, task in zip(b['episode_id'][2:, 0], b['step'][2:, 0], b['task_id'][2:, 0],
+                                  strict=True):  # fmt: skip
+            at = step0 + frame
+            unlocked = {(e + 3) % 22} if at >= 3 else set()
+            unlocked |= {21} if at >= LENGTHS[e] - 1 else set()
+            want = next((k for k in rungs if k not in unlocked), rungs[-1])
+            assert task == want, (e, step0)
+            seen.add(int(task))
+    # Episode 0 passes the first rung at step 3; no window reaches an episode's last step.
+    assert seen == {3, 21}
+    with pytest.raises(ValueError, match='has none'):
+        pipeline.make_dataset(cfg, batch_size_per_process=B, mode='relevant', ladder=ladder)
+    with pytest.raises(ValueError, match='outside the window'):
+        pipeline.make_dataset(cfg, batch_size_per_process=B, ladder=ladder, ladder_frame=T)
+    with pytest.raises(ValueError, match='the ladder'):
+        pipeline.make_dataset(cfg, batch_size_per_process=B, ladder='collect_wood,fly')
+
+
 def test_clear_errors(cfg):
     missing = cfg.copy_and_resolve_references()
     missing.name = 'nothing_here'

@@ -14,7 +14,8 @@ Batch (host-local NumPy, one process's share; the trainer makes global arrays fr
   task_reward  float32 [B, T, K]  1.0 where task k's event happens on the transition into t
   is_first, is_last, is_terminal  bool [B, T]
   relevant     bool    [B, T]     row is a task-relevant window (constant along T)
-  task_id      int32   [B, T]     task whose event made the row relevant, else -1 (constant along T)
+  task_id      int32   [B, T]     task whose event made the row relevant, else -1, or a uniform
+                                  row's ladder prompt (make_dataset's `ladder`) (constant along T)
   episode_id, step  int32 [B, T]  provenance
 Alignment (DESIGN.md section 3): action[t] is taken after observing image[t]; reward[t] and
 task_reward[t] belong to action[t-1]. So the BC target for the policy at frame t is action[t], and
@@ -79,6 +80,29 @@ def relevant_windows(
     return np.concatenate(starts).astype(np.int64), np.concatenate(tasks)
 
 
+def ladder_prompts(
+    split: SplitMeta, starts: np.ndarray, ladder: np.ndarray, frame: int
+) -> np.ndarray:
+    """int32 [W]: per window (record start), the first task of `ladder` (task ids, in order)
+    that its episode has not unlocked by window frame `frame`, the last one if all are: the
+    prompt closed-loop ladder play gives at that frame (dreamer4_jax/eval/closed_loop.py).
+
+    An event at episode step s is the transition into frame s, so it counts from frame s on."""
+    if len(ladder) == 0:
+        raise ValueError('the ladder has no tasks')
+    never = np.iinfo(np.int64).max
+    num_tasks = int(max(ladder.max(), split.events[:, 2].max(initial=0))) + 1
+    first_EK = np.full((len(split.lengths), num_tasks), never, np.int64)
+    if len(split.events):
+        pos, step, task = split.events.T
+        np.minimum.at(first_EK, (pos, task), step)
+    pos_W = np.searchsorted(split.offsets, starts, side='right') - 1
+    at_W = starts - split.offsets[pos_W] + frame  # the episode step of window frame `frame`
+    done_WL = first_EK[pos_W][:, ladder] <= at_W[:, None]
+    first = np.where(np.all(done_WL, axis=1), len(ladder) - 1, np.argmin(done_WL, axis=1))
+    return ladder[first].astype(np.int32)
+
+
 def labeled_episodes(cfg: ml_collections.ConfigDict, split_name: str, num: int) -> np.ndarray:
     """bool [E]: which episodes (in split order) keep their actions (PAPER 12.5: the first ones)."""
     if split_name != 'train':
@@ -90,15 +114,18 @@ def labeled_episodes(cfg: ml_collections.ConfigDict, split_name: str, num: int) 
     return np.arange(num) < count
 
 
-def parse_tasks(spec: str, task_names: tuple[str, ...]) -> np.ndarray:
-    """'all' or comma-separated task names -> int32 task ids; unknown names raise."""
+def parse_tasks(
+    spec: str, task_names: tuple[str, ...], setting: str = 'config.data.relevant_tasks'
+) -> np.ndarray:
+    """'all' or comma-separated task names -> int32 task ids; unknown names raise (naming the
+    `setting` they came from)."""
     if spec.strip() == 'all':
         return np.arange(len(task_names), dtype=np.int32)
     names = [s.strip() for s in spec.split(',') if s.strip()]
     bad = [n for n in names if n not in task_names]
     if bad or not names:
         raise DataError(
-            f'config.data.relevant_tasks={spec!r}: unknown or empty task names {bad}; '
+            f'{setting}={spec!r}: unknown or empty task names {bad}; '
             f'use "all" or names from {task_names}'
         )
     return np.array([task_names.index(n) for n in names], np.int32)
@@ -141,8 +168,8 @@ class _WindowReader:
                 f'lists {int(self._split.lengths.sum())} steps: the dataset is corrupt; rebuild it'
             )
 
-    def __call__(self, item: tuple[int, int]) -> Batch:
-        start, task = int(item[0]), int(item[1])
+    def __call__(self, item: tuple[int, int, bool]) -> Batch:
+        start, task, relevant = int(item[0]), int(item[1]), bool(item[2])
         pos = int(np.searchsorted(self._offsets, start, side='right') - 1)
         try:
             records = self._source.__getitems__(list(range(start, start + self._T)))
@@ -184,7 +211,7 @@ class _WindowReader:
             'is_first': stack('is_first', bool),
             'is_last': stack('is_last', bool),
             'is_terminal': stack('is_terminal', bool),
-            'relevant': np.full(self._T, task >= 0),
+            'relevant': np.full(self._T, relevant),
             'task_id': np.full(self._T, task, np.int32),
             'episode_id': episode_id,
             'step': step,
@@ -195,21 +222,24 @@ class _WindowReader:
 
 
 class _Sampler:
-    """Global element index -> (record start, task id): row j of batch b reads stream position
-    b * rows + j' of the relevant (first n_rel rows) or the uniform stream."""
+    """Global element index -> (record start, task id, relevant): row j of batch b reads stream
+    position b * rows + j' of the relevant (first n_rel rows) or the uniform stream. Uniform
+    rows have task -1, or their ladder prompt where `uni_tasks` gives one per window."""
 
-    def __init__(self, batch_size, n_rel, uni_ds, uni_starts, rel_ds, rel_starts, rel_tasks):
+    def __init__(self, batch_size, n_rel, uni_ds, uni_starts, rel_ds, rel_starts, rel_tasks,
+                 uni_tasks=None):  # fmt: skip
         self._B, self._n_rel = batch_size, n_rel
-        self._uni_ds, self._uni_starts = uni_ds, uni_starts
+        self._uni_ds, self._uni_starts, self._uni_tasks = uni_ds, uni_starts, uni_tasks
         self._rel_ds, self._rel_starts, self._rel_tasks = rel_ds, rel_starts, rel_tasks
 
-    def __call__(self, i: int) -> tuple[int, int]:
+    def __call__(self, i: int) -> tuple[int, int, bool]:
         b, j = divmod(int(i), self._B)
         if j < self._n_rel:
             w = self._rel_ds[b * self._n_rel + j]
-            return int(self._rel_starts[w]), int(self._rel_tasks[w])
+            return int(self._rel_starts[w]), int(self._rel_tasks[w]), True
         w = self._uni_ds[b * (self._B - self._n_rel) + j - self._n_rel]
-        return int(self._uni_starts[w]), -1
+        task = -1 if self._uni_tasks is None else int(self._uni_tasks[w])
+        return int(self._uni_starts[w]), task, False
 
 
 def _stream(n: int, seed: int, process_index: int, process_count: int, num_epochs, what: str):
@@ -237,6 +267,8 @@ def make_dataset(
     num_epochs: int | None = None,
     latents=None,
     images: bool = True,
+    ladder: str | None = None,
+    ladder_frame: int = 0,
 ) -> grain.IterDataset:
     """Batches of windows (module doc) as a checkpointable grain IterDataset.
 
@@ -244,6 +276,8 @@ def make_dataset(
     `num_epochs=None` repeats forever (each epoch reshuffled), else stops after that many passes
     over the smaller stream. `latents` (a latent_cache.LatentSource of this split) adds
     'latents' float32 [B, T, N, C] to every batch; `images=False` leaves 'image' out.
+    `ladder` (comma-separated task names, in order): the uniform rows carry as 'task_id' the
+    ladder's prompt at their frame `ladder_frame` (`ladder_prompts`; 'relevant' stays False).
     """
     cfg = data_config
     if mode not in MODES:
@@ -280,7 +314,15 @@ def make_dataset(
                          f'task-relevant (tasks {spec!r}, T={T})')  # fmt: skip
         batches.append(len(rel_ds) // n_rel)
     num_batches = min(batches) if num_epochs is not None else sys.maxsize // (2 * B)
-    sampler = _Sampler(B, n_rel, uni_ds, uni_starts, rel_ds, rel_starts, rel_tasks)
+    uni_tasks = None
+    if ladder is not None:
+        if n_rel == B:
+            raise DataError(f'a ladder prompts the uniform rows, and mode={mode!r} has none')
+        if not 0 <= ladder_frame < T:
+            raise DataError(f'ladder_frame={ladder_frame} is outside the window (T={T})')
+        ladder_ids = parse_tasks(ladder, meta.task_names, 'the ladder')
+        uni_tasks = ladder_prompts(split_meta, uni_starts, ladder_ids, ladder_frame)
+    sampler = _Sampler(B, n_rel, uni_ds, uni_starts, rel_ds, rel_starts, rel_tasks, uni_tasks)
     labeled = labeled_episodes(cfg, split, len(split_meta.lengths))
     reader = _WindowReader(meta, split, T, labeled, latents, images)
     ds = grain.MapDataset.range(num_batches * B).map(sampler).map(reader)

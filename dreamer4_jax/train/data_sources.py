@@ -44,12 +44,15 @@ def train_windows(
     *,
     mode: str = 'uniform',
     encoder: Callable[[], object] | None = None,
+    ladder: str | None = None,
+    ladder_frame: int = 0,
 ) -> Iterator:
     """Endless iterator of this process's share of training windows (grain, checkpointable).
 
     With `config.data.latents='cache'` the windows carry the cached 'latents' of the tokenizer
     checkpoint `encoder()` (a latent_cache.Encoder) instead of 'image'; a missing or stale cache
     is encoded first in single-process runs (multi-process runs need it built beforehand).
+    `ladder` / `ladder_frame`: the uniform rows' ladder prompts (pipeline.make_dataset).
     """
     # Deferred: tensorflow_datasets takes seconds to import.
     from dreamer4_jax.data import latent_cache, pipeline
@@ -74,6 +77,8 @@ def train_windows(
             batch_size_per_process=int(config.train.batch_size) // process_count,
             window_length=int(config.data.window_length),
             mode=mode,
+            ladder=ladder,
+            ladder_frame=ladder_frame,
             **frames,
         )
     )

@@ -11,6 +11,11 @@ Only the policy and value heads train (PAPER 10.1): the optimizer mask freezes t
 the task embedding, the reward head and the prior copy, and the rollout runs on stop-gradient
 parameters, so no gradient reaches them either.
 
+Prompts: a context from a task-relevant window is prompted with its event's task; one from a
+uniform window (data_mode 'mixture' or 'uniform') with a random task, or, with
+config.imagination.uniform_prompts='ladder', with the ladder's task at its last frame, as
+closed-loop ladder play prompts (data/pipeline.py, ladder_prompts).
+
 Context latents: encoded in the step, or cached (config.data.latents='cache'): the contexts then
 carry their in-episode history as the closed loop observes it (dreamer4_jax/data/latent_cache.py).
 
@@ -36,6 +41,7 @@ from dreamer4_jax.agent import AgentHeads
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.dynamics import align_actions
 from dreamer4_jax.imagination import Trajectory, WorldModel, imagine
+from dreamer4_jax.model_configs import closed_loop_config_dict
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import data_sources
 from dreamer4_jax.train import state as state_lib
@@ -138,6 +144,31 @@ def train_step(s: ImaginationStep, state, batch, rng, consts):
     return state_lib.apply_gradients(state, grads, s.tx), metrics
 
 
+UNIFORM_PROMPTS = ('random', 'ladder')
+
+
+def uniform_prompt_ladder(config: ml_collections.ConfigDict) -> str | None:
+    """The ladder (task names) that prompts the contexts from uniform windows, for
+    config.imagination.uniform_prompts='ladder' (config.closed_loop.ladder, or its default where
+    the config has no closed_loop); None for 'random' (row_tasks draws a task)."""
+    ic = config.imagination
+    choice = str(ic.get('uniform_prompts', 'random'))
+    if choice not in UNIFORM_PROMPTS:
+        raise ConfigError(
+            f'config.imagination.uniform_prompts={choice!r} must be one of {UNIFORM_PROMPTS}'
+        )
+    if choice == 'random':
+        return None
+    if str(ic.data_mode) == 'relevant':
+        raise ConfigError(
+            "config.imagination.uniform_prompts='ladder' prompts the contexts from uniform "
+            "windows, and data_mode='relevant' draws none: set config.imagination.data_mode to "
+            "'uniform' or 'mixture'"
+        )
+    closed_loop = config.get('closed_loop') or closed_loop_config_dict()
+    return str(closed_loop.ladder)
+
+
 def make_phase(
     config: ml_collections.ConfigDict,
     *,
@@ -162,6 +193,7 @@ def make_phase(
         raise ConfigError(
             f'config.imagination.continuation={ic.continuation!r}: choose one of {rl.CONTINUATIONS}'
         )
+    ladder = uniform_prompt_ladder(config)
     if int(config.data.window_length) < context:
         raise ConfigError(
             f'config.data.window_length={config.data.window_length} is shorter '
@@ -219,6 +251,8 @@ def make_phase(
             pc,
             mode=str(ic.data_mode),
             encoder=data_sources.tokenizer_encoder(tok_run, frozen_tokenizer),
+            ladder=ladder,
+            ladder_frame=context - 1,  # the prompt is the ladder's at the context's last frame
         ),
         main_metrics=('loss/total', 'imagine/return', 'pmpo/frac_positive', 'pmpo/kl'),
         checked_metrics=('loss/total', 'loss/value', 'pmpo/loss'),
