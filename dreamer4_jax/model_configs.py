@@ -299,6 +299,11 @@ def imagination_config_dict(**overrides) -> ml_collections.ConfigDict:
     # first task of closed_loop.ladder its episode has not unlocked by the context's last frame,
     # the prompt the ladder gives there in closed-loop play.
     c.uniform_prompts = 'random'
+    # [U] not in the paper, both for diagnosis: PMPO's sign sets leave out the states whose
+    # advantage is within advantage_deadzone of 0 (0: Eq. 11), and reward_scale multiplies the
+    # imagined rewards (0: a null control, where every advantage's sign is value noise).
+    c.advantage_deadzone = 0.0
+    c.reward_scale = 1.0
     c.update(overrides)
     return c
 

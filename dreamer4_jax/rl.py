@@ -84,13 +84,16 @@ def pmpo_loss_and_metrics(
     beta: float,
     *,
     mask: Array | None = None,
+    deadzone: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
     """PMPO loss (PAPER 10.3, Eq. 11) and diagnostics; see `pmpo_loss`."""
     _check_bt(logp=logp, advantages=advantages, kl=kl)
+    if deadzone < 0:
+        raise ValueError(f'deadzone={deadzone} must be >= 0')
     valid = jnp.ones_like(logp, jnp.float32) if mask is None else mask.astype(jnp.float32)
     adv = jax.lax.stop_gradient(advantages)
-    pos = jnp.where(adv >= 0, valid, 0.0)
-    neg = jnp.where(adv < 0, valid, 0.0)
+    pos = jnp.where(adv >= deadzone, valid, 0.0)
+    neg = jnp.where(adv < -deadzone, valid, 0.0)
     n_pos, n_neg, n_all = pos.sum(), neg.sum(), valid.sum()
     # An empty set contributes 0 (divide by max(count, 1) with a zero numerator). `where`, not a
     # product, so masked steps may hold anything (even -inf or NaN) without leaking in.
@@ -101,6 +104,7 @@ def pmpo_loss_and_metrics(
     metrics = {
         'pmpo/loss': loss,
         'pmpo/frac_positive': n_pos / jnp.maximum(n_all, 1.0),
+        'pmpo/frac_negative': n_neg / jnp.maximum(n_all, 1.0),
         'pmpo/logp_positive': mean_pos,
         'pmpo/logp_negative': mean_neg,
         'pmpo/kl': mean_kl,
@@ -116,6 +120,7 @@ def pmpo_loss(
     beta: float,
     *,
     mask: Array | None = None,
+    deadzone: float = 0.0,
 ) -> Array:
     """Scalar PMPO policy loss (PAPER 10.3, Eq. 11); all inputs [B, T].
 
@@ -124,8 +129,11 @@ def pmpo_loss(
     averaged separately and an empty set contributes 0. Only the sign of the advantage is used and
     it is stop-gradient; `kl` = KL(pi || pi_prior) per state. `mask` (optional, [B, T]) drops
     invalid steps (e.g. after termination) from every set and from N.
+    `deadzone` delta >= 0 ([U], not in the paper; 0 is Eq. 11): D+ = {A >= delta} and
+    D- = {A < -delta}, so states whose advantage is within delta of 0 join neither set (the KL
+    still counts them in N).
     """
-    return pmpo_loss_and_metrics(logp, advantages, kl, alpha, beta, mask=mask)[0]
+    return pmpo_loss_and_metrics(logp, advantages, kl, alpha, beta, mask=mask, deadzone=deadzone)[0]
 
 
 CONTINUATIONS = ('ones', 'until_reward')
@@ -183,6 +191,8 @@ def imagination_loss_terms(
     beta: float,
     num_value_offsets: int,
     continuation: str = 'ones',
+    reward_scale: float = 1.0,
+    deadzone: float = 0.0,
 ) -> tuple[dict[str, Array], dict[str, Array]]:
     """Named loss terms of one batch of imagined trajectories (PAPER 10.2-10.3).
 
@@ -192,15 +202,19 @@ def imagination_loss_terms(
     negative log-likelihood of the value head's offset-n output at state t for R_{t+n}
     (multi-token prediction, like the other heads); continuation: see `imagined_continues`.
 
+    `reward_scale` multiplies the rewards ([U]; 0 is a null control: no reward, so every
+    advantage is value noise); `deadzone`: `pmpo_loss`'s.
+
     Returns ({'policy': PMPO loss, 'value': summed per-offset value NLL}, metrics); the caller
     weights and adds the terms.
     """
     b, length = reward_BS.shape
     horizon = length - 1
+    reward_BS = reward_scale * reward_BS
     returns = imagined_returns(reward_BS, value_BS, gamma, lam, continuation)
     adv = advantages(returns, value_BS)
     pmpo, metrics = pmpo_loss_and_metrics(
-        logp_BS[:, :horizon], adv, kl_BS[:, :horizon], alpha, beta
+        logp_BS[:, :horizon], adv, kl_BS[:, :horizon], alpha, beta, deadzone=deadzone
     )
     target_BHN = future_stack(returns, num_value_offsets)
     valid_BHN = future_stack(jnp.ones((b, horizon), bool), num_value_offsets)
@@ -213,6 +227,7 @@ def imagination_loss_terms(
             'imagine/return': jnp.mean(returns[:, 0]),
             'imagine/value': jnp.mean(value_BS),
             'imagine/advantage_abs': jnp.mean(jnp.abs(adv)),
+            'imagine/advantage_abs_median': jnp.median(jnp.abs(adv)),
             'imagine/continue': jnp.mean(imagined_continues(reward_BS, continuation)[:, :horizon]),
         }
     )

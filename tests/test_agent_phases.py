@@ -313,6 +313,11 @@ def test_imagination_refuses_an_unknown_continuation(pretrained):
     wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], _config('agent').agent)
     with pytest.raises(ConfigError, match='continuation'):
         imagination_phase.make_phase(config, agent=({}, None), tokenizer=tok, world_model=wm)
+    for name in ('reward_scale', 'advantage_deadzone'):
+        bad = _config('imagination')
+        bad.imagination[name] = -0.5
+        with pytest.raises(ConfigError, match=f'imagination.{name}=-0.5 must be >= 0'):
+            imagination_phase.make_phase(bad, agent=({}, None), tokenizer=tok, world_model=wm)
 
 
 def test_agent_and_imagination_steps_read_cached_latents_without_images(pretrained):

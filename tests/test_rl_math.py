@@ -171,6 +171,45 @@ def test_pmpo_metrics():
     assert float(loss) == pytest.approx(0.5 * -2.0 - 0.5 * -2.5 + 0.3 * 0.6)
 
 
+def test_pmpo_deadzone_leaves_small_advantages_out_of_both_sets():
+    """deadzone 0.5: A = 0.2 and -0.3 join neither set; 0.5 is positive, -0.6 negative; the KL
+    still averages over every state. deadzone 0 is Eq. 11 (A = 0 is positive)."""
+    logp = np.array([[-1.0, -2.0, -3.0, -4.0, -5.0]])
+    adv = np.array([[0.2, -0.3, 0.5, -0.6, 0.0]])
+    kl = np.array([[0.1, 0.2, 0.3, 0.4, 0.5]])
+    loss, m = pmpo_loss_and_metrics(logp, adv, kl, 0.5, 0.3, deadzone=0.5)
+    assert float(m['pmpo/frac_positive']) == pytest.approx(1 / 5)
+    assert float(m['pmpo/frac_negative']) == pytest.approx(1 / 5)
+    assert float(loss) == pytest.approx(0.5 * -4.0 - 0.5 * -3.0 + 0.3 * 0.3)
+    loss0, m0 = pmpo_loss_and_metrics(logp, adv, kl, 0.5, 0.3)
+    assert float(m0['pmpo/frac_positive']) == pytest.approx(3 / 5)
+    assert float(loss0) == pytest.approx(0.5 * -3.0 - 0.5 * -3.0 + 0.3 * 0.3)
+    with pytest.raises(ValueError, match='deadzone'):
+        pmpo_loss_and_metrics(logp, adv, kl, 0.5, 0.3, deadzone=-0.1)
+
+
+def test_imagination_reward_scale_scales_the_rewards_and_zero_is_a_null_control():
+    rs = np.random.RandomState(1)
+    b, s = 2, 6
+    logp, kl = jnp.asarray(rs.randn(b, s)), jnp.asarray(np.abs(rs.randn(b, s)))
+    value, reward = jnp.asarray(rs.randn(b, s)), jnp.asarray(rs.rand(b, s))
+
+    def terms(r, **kw):
+        return rl.imagination_loss_terms(
+            logp, kl, value, lambda t: t**2, r, gamma=0.9, lam=0.8, alpha=0.5, beta=0.3,
+            num_value_offsets=1, **kw,
+        )  # fmt: skip
+
+    half, m_half = terms(reward, reward_scale=0.5)
+    want, m_want = terms(0.5 * reward)
+    np.testing.assert_allclose(half['policy'], want['policy'], rtol=1e-6)
+    np.testing.assert_allclose(m_half['imagine/return'], m_want['imagine/return'], rtol=1e-6)
+    null, m_null = terms(reward, reward_scale=0.0)
+    _, m_zero = terms(jnp.zeros_like(reward))
+    np.testing.assert_allclose(m_null['imagine/return'], m_zero['imagine/return'], rtol=1e-6)
+    assert float(m_null['imagine/return']) != pytest.approx(float(m_want['imagine/return']))
+
+
 def test_imagination_loss_terms_are_pmpo_and_masked_mtp_value():
     """Named terms: 'policy' is PMPO on sg(R - v); 'value' sums each offset's mean NLL over the
     targets that exist (offset n at state t needs R_{t+n}, so later states drop out)."""

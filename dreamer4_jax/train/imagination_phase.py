@@ -91,6 +91,8 @@ def imagination_loss(
         beta=float(cfg.beta),
         num_value_offsets=v_logits.shape[2],
         continuation=str(cfg.get('continuation', 'ones')),
+        reward_scale=float(cfg.get('reward_scale', 1.0)),
+        deadzone=float(cfg.get('advantage_deadzone', 0.0)),
     )
     total = policy_weight * terms['policy'] + float(cfg.value_weight) * terms['value']
     metrics.update(
@@ -194,6 +196,9 @@ def make_phase(
             f'config.imagination.continuation={ic.continuation!r}: choose one of {rl.CONTINUATIONS}'
         )
     ladder = uniform_prompt_ladder(config)
+    for name in ('reward_scale', 'advantage_deadzone'):
+        if float(ic.get(name, 0.0)) < 0:
+            raise ConfigError(f'config.imagination.{name}={ic.get(name)} must be >= 0')
     if int(config.data.window_length) < context:
         raise ConfigError(
             f'config.data.window_length={config.data.window_length} is shorter '
