@@ -49,6 +49,7 @@ import tensorflow_datasets as tfds
 from dreamer4_jax.actions import mask_actions
 from dreamer4_jax.data.build import DatasetMeta, SplitMeta, load_meta, source_schema
 from dreamer4_jax.data.config import MODES, DataError, frame_shape
+from dreamer4_jax.ladder import ladder_task
 
 Batch = dict[str, Any]
 
@@ -85,7 +86,7 @@ def ladder_prompts(
 ) -> np.ndarray:
     """int32 [W]: per window (record start), the first task of `ladder` (task ids, in order)
     that its episode has not unlocked by window frame `frame`, the last one if all are: the
-    prompt closed-loop ladder play gives at that frame (dreamer4_jax/eval/closed_loop.py).
+    prompt closed-loop ladder play gives at that frame (the same rule, ladder.ladder_task).
 
     An event at episode step s is the transition into frame s, so it counts from frame s on."""
     if len(ladder) == 0:
@@ -98,9 +99,8 @@ def ladder_prompts(
         np.minimum.at(first_EK, (pos, task), step)
     pos_W = np.searchsorted(split.offsets, starts, side='right') - 1
     at_W = starts - split.offsets[pos_W] + frame  # the episode step of window frame `frame`
-    done_WL = first_EK[pos_W][:, ladder] <= at_W[:, None]
-    first = np.where(np.all(done_WL, axis=1), len(ladder) - 1, np.argmin(done_WL, axis=1))
-    return ladder[first].astype(np.int32)
+    unlocked_WK = first_EK[pos_W] <= at_W[:, None]
+    return np.asarray(ladder_task(ladder, unlocked_WK), np.int32)
 
 
 def labeled_episodes(cfg: ml_collections.ConfigDict, split_name: str, num: int) -> np.ndarray:

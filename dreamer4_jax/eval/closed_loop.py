@@ -38,6 +38,7 @@ from dreamer4_jax.envs import craftax
 from dreamer4_jax.eval.success_table import mean_interval, rates_from_unlocks, write_tables
 from dreamer4_jax.generation import new_cache
 from dreamer4_jax.imagination import WorldModel, observe
+from dreamer4_jax.ladder import ladder_task
 from dreamer4_jax.model_configs import closed_loop_config_dict
 from dreamer4_jax.nn import KVCache
 from dreamer4_jax.tokenizer import Tokenizer, new_encoder_cache
@@ -136,14 +137,6 @@ def dist_zero_actions(dist: ActionDist, batch: int) -> dict[str, Array]:
         )
         for n, k, s in dist.components
     }
-
-
-def ladder_task(ladder_L: Array, unlocked_EK: Array) -> Array:
-    """Prompted task per episode: the first ladder task not unlocked yet (the last if all are)."""
-    done_EL = unlocked_EK[:, ladder_L]
-    first = jnp.argmin(done_EL, axis=1)
-    first = jnp.where(jnp.all(done_EL, axis=1), ladder_L.shape[0] - 1, first)
-    return ladder_L[first]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
