@@ -304,6 +304,11 @@ def imagination_config_dict(**overrides) -> ml_collections.ConfigDict:
     # imagined rewards (0: a null control, where every advantage's sign is value noise).
     c.advantage_deadzone = 0.0
     c.reward_scale = 1.0
+    # [U] not in the paper: 'sum' (Eq. 10's rewards) or 'running_max' (a state earns only what
+    # raises the rollout's best reward so far: repeated chances at a task that pays once, such as
+    # presses whose outcome the world model does not draw, are credited once;
+    # rl.credited_rewards).
+    c.reward_credit = 'sum'
     c.update(overrides)
     return c
 

@@ -158,6 +158,30 @@ def imagined_continues(reward_BS: Array, continuation: str = 'ones') -> Array:
     raise ValueError(f'continuation must be one of {CONTINUATIONS}, got {continuation!r}')
 
 
+REWARD_CREDITS = ('sum', 'running_max')
+
+
+def credited_rewards(reward_BS: Array, credit: str = 'sum') -> Array:
+    """The per-state rewards [B, S] that the lambda-returns sum (entry 0, a context frame's, is
+    kept: it belongs to no imagined action).
+
+    'sum': the reward head as it is (PAPER 10.2). 'running_max' ([U], not in the paper): state
+    s >= 1 earns only what raises the rollout's best reward so far, M_s - M_{s-1} with
+    M_s = max(0, r_1, ..., r_s) and M_0 = 0, so a rollout's undiscounted return is its single
+    best reward. For a task that pays once, whose success the world model does not draw (a
+    craft), the reward head's pay for a press is a chance the next frame cannot settle; summed,
+    sixteen presses at 0.08 buy what one real craft does, while in the game a refused press stays
+    refused however often it is repeated. Crediting the best chance only takes that lottery away.
+    """
+    if credit == 'sum':
+        return reward_BS
+    if credit == 'running_max':
+        best_BS = jax.lax.cummax(jnp.maximum(reward_BS[:, 1:], 0.0), axis=1)
+        prev_BS = jnp.concatenate([jnp.zeros_like(best_BS[:, :1]), best_BS[:, :-1]], axis=1)
+        return jnp.concatenate([reward_BS[:, :1], best_BS - prev_BS], axis=1)
+    raise ValueError(f'reward credit must be one of {REWARD_CREDITS}, got {credit!r}')
+
+
 def imagined_returns(
     reward_BS: Array, value_BS: Array, gamma: float, lam: float, continuation: str = 'ones'
 ) -> Array:
@@ -193,6 +217,7 @@ def imagination_loss_terms(
     continuation: str = 'ones',
     reward_scale: float = 1.0,
     deadzone: float = 0.0,
+    reward_credit: str = 'sum',
 ) -> tuple[dict[str, Array], dict[str, Array]]:
     """Named loss terms of one batch of imagined trajectories (PAPER 10.2-10.3).
 
@@ -203,14 +228,15 @@ def imagination_loss_terms(
     (multi-token prediction, like the other heads); continuation: see `imagined_continues`.
 
     `reward_scale` multiplies the rewards ([U]; 0 is a null control: no reward, so every
-    advantage is value noise); `deadzone`: `pmpo_loss`'s.
+    advantage is value noise); `deadzone`: `pmpo_loss`'s; `reward_credit`: `credited_rewards`'s
+    (applied after the scale).
 
     Returns ({'policy': PMPO loss, 'value': summed per-offset value NLL}, metrics); the caller
     weights and adds the terms.
     """
     b, length = reward_BS.shape
     horizon = length - 1
-    reward_BS = reward_scale * reward_BS
+    reward_BS = credited_rewards(reward_scale * reward_BS, reward_credit)
     returns = imagined_returns(reward_BS, value_BS, gamma, lam, continuation)
     adv = advantages(returns, value_BS)
     pmpo, metrics = pmpo_loss_and_metrics(

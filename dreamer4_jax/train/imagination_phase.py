@@ -93,6 +93,7 @@ def imagination_loss(
         continuation=str(cfg.get('continuation', 'ones')),
         reward_scale=float(cfg.get('reward_scale', 1.0)),
         deadzone=float(cfg.get('advantage_deadzone', 0.0)),
+        reward_credit=str(cfg.get('reward_credit', 'sum')),
     )
     total = policy_weight * terms['policy'] + float(cfg.value_weight) * terms['value']
     metrics.update(
@@ -194,6 +195,11 @@ def make_phase(
     if str(ic.get('continuation', 'ones')) not in rl.CONTINUATIONS:
         raise ConfigError(
             f'config.imagination.continuation={ic.continuation!r}: choose one of {rl.CONTINUATIONS}'
+        )
+    if str(ic.get('reward_credit', 'sum')) not in rl.REWARD_CREDITS:
+        raise ConfigError(
+            f'config.imagination.reward_credit={ic.reward_credit!r}: choose one of '
+            f'{rl.REWARD_CREDITS}'
         )
     ladder = uniform_prompt_ladder(config)
     for name in ('reward_scale', 'advantage_deadzone'):
