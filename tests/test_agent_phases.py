@@ -313,6 +313,10 @@ def test_imagination_refuses_an_unknown_continuation(pretrained):
     wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], _config('agent').agent)
     with pytest.raises(ConfigError, match='continuation'):
         imagination_phase.make_phase(config, agent=({}, None), tokenizer=tok, world_model=wm)
+    credit = _config('imagination')
+    credit.imagination.reward_credit = 'mean'
+    with pytest.raises(ConfigError, match="reward_credit='mean'"):
+        imagination_phase.make_phase(credit, agent=({}, None), tokenizer=tok, world_model=wm)
     for name in ('reward_scale', 'advantage_deadzone'):
         bad = _config('imagination')
         bad.imagination[name] = -0.5

@@ -210,6 +210,41 @@ def test_imagination_reward_scale_scales_the_rewards_and_zero_is_a_null_control(
     assert float(m_null['imagine/return']) != pytest.approx(float(m_want['imagine/return']))
 
 
+def test_running_max_credit_pays_each_rollout_its_best_reward_once():
+    """Hand values: state 0 (a context frame) keeps its reward; after it a state earns the rise of
+    the best reward so far (negatives never count), so repeated 0.08 presses pay once."""
+    r = jnp.array(
+        [[5.0, 0.08, 0.08, 0.3, -1.0, 0.2, 0.9, 0.1], [0.0, -0.5, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4]]
+    )
+    got = rl.credited_rewards(r, 'running_max')
+    want = [[5.0, 0.08, 0.0, 0.22, 0.0, 0.0, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0]]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # The undiscounted return of every rollout is its best imagined reward (at least 0).
+    np.testing.assert_allclose(jnp.sum(got[:, 1:], axis=1), [0.9, 0.4], atol=1e-6)
+    np.testing.assert_array_equal(rl.credited_rewards(r, 'sum'), r)
+    with pytest.raises(ValueError, match='reward credit must be one of'):
+        rl.credited_rewards(r, 'mean')
+
+
+def test_imagination_loss_terms_apply_the_reward_credit_after_the_scale():
+    """With gamma = lam = 1 and zero values, R_0 of a rollout is the sum of its credited rewards:
+    sixteen presses paid 0.08 each return 16 * 0.08 summed and 0.08 under running_max."""
+    b, s = 1, 17
+    reward = jnp.concatenate([jnp.zeros((b, 1)), jnp.full((b, s - 1), 0.08)], axis=1)
+    zeros = jnp.zeros((b, s))
+
+    def ret(**kw):
+        _, m = rl.imagination_loss_terms(
+            zeros, zeros, zeros, lambda t: t**2, reward, gamma=1.0, lam=1.0, alpha=0.5,
+            beta=0.3, num_value_offsets=1, **kw,
+        )  # fmt: skip
+        return float(m['imagine/return'])
+
+    assert ret() == pytest.approx(16 * 0.08, rel=1e-5)
+    assert ret(reward_credit='running_max') == pytest.approx(0.08, rel=1e-5)
+    assert ret(reward_credit='running_max', reward_scale=0.5) == pytest.approx(0.04, rel=1e-5)
+
+
 def test_imagination_loss_terms_are_pmpo_and_masked_mtp_value():
     """Named terms: 'policy' is PMPO on sg(R - v); 'value' sums each offset's mean NLL over the
     targets that exist (offset n at state t needs R_{t+n}, so later states drop out)."""
