@@ -309,6 +309,10 @@ def imagination_config_dict(**overrides) -> ml_collections.ConfigDict:
     # presses whose outcome the world model does not draw, are credited once;
     # rl.credited_rewards).
     c.reward_credit = 'sum'
+    # [U] not in the paper: imagined rewards below reward_floor count 0 (0: off); the task
+    # rewards are binary, and PMPO's signs turn a head's small pay where it is unsure into a
+    # full push (rl.imagination_loss_terms).
+    c.reward_floor = 0.0
     c.update(overrides)
     return c
 

@@ -218,6 +218,7 @@ def imagination_loss_terms(
     reward_scale: float = 1.0,
     deadzone: float = 0.0,
     reward_credit: str = 'sum',
+    reward_floor: float = 0.0,
 ) -> tuple[dict[str, Array], dict[str, Array]]:
     """Named loss terms of one batch of imagined trajectories (PAPER 10.2-10.3).
 
@@ -228,14 +229,18 @@ def imagination_loss_terms(
     (multi-token prediction, like the other heads); continuation: see `imagined_continues`.
 
     `reward_scale` multiplies the rewards ([U]; 0 is a null control: no reward, so every
-    advantage is value noise); `deadzone`: `pmpo_loss`'s; `reward_credit`: `credited_rewards`'s
-    (applied after the scale).
+    advantage is value noise); `deadzone`: `pmpo_loss`'s; `reward_floor` ([U], 0: off): a reward
+    below it counts 0, applied before the scale (PMPO uses only the advantage's sign, so a small
+    reward the head pays wherever it is unsure, a refused press say, pushes as hard as a real
+    success); `reward_credit`: `credited_rewards`'s, applied last.
 
     Returns ({'policy': PMPO loss, 'value': summed per-offset value NLL}, metrics); the caller
     weights and adds the terms.
     """
     b, length = reward_BS.shape
     horizon = length - 1
+    if reward_floor > 0:
+        reward_BS = jnp.where(reward_BS < reward_floor, 0.0, reward_BS)
     reward_BS = credited_rewards(reward_scale * reward_BS, reward_credit)
     returns = imagined_returns(reward_BS, value_BS, gamma, lam, continuation)
     adv = advantages(returns, value_BS)

@@ -94,6 +94,7 @@ def imagination_loss(
         reward_scale=float(cfg.get('reward_scale', 1.0)),
         deadzone=float(cfg.get('advantage_deadzone', 0.0)),
         reward_credit=str(cfg.get('reward_credit', 'sum')),
+        reward_floor=float(cfg.get('reward_floor', 0.0)),
     )
     total = policy_weight * terms['policy'] + float(cfg.value_weight) * terms['value']
     metrics.update(
@@ -202,7 +203,7 @@ def make_phase(
             f'{rl.REWARD_CREDITS}'
         )
     ladder = uniform_prompt_ladder(config)
-    for name in ('reward_scale', 'advantage_deadzone'):
+    for name in ('reward_scale', 'advantage_deadzone', 'reward_floor'):
         if float(ic.get(name, 0.0)) < 0:
             raise ConfigError(f'config.imagination.{name}={ic.get(name)} must be >= 0')
     if int(config.data.window_length) < context:
