@@ -317,7 +317,7 @@ def test_imagination_refuses_an_unknown_continuation(pretrained):
     credit.imagination.reward_credit = 'mean'
     with pytest.raises(ConfigError, match="reward_credit='mean'"):
         imagination_phase.make_phase(credit, agent=({}, None), tokenizer=tok, world_model=wm)
-    for name in ('reward_scale', 'advantage_deadzone'):
+    for name in ('reward_scale', 'advantage_deadzone', 'reward_floor'):
         bad = _config('imagination')
         bad.imagination[name] = -0.5
         with pytest.raises(ConfigError, match=f'imagination.{name}=-0.5 must be >= 0'):

@@ -243,6 +243,29 @@ def test_imagination_loss_terms_apply_the_reward_credit_after_the_scale():
     assert ret() == pytest.approx(16 * 0.08, rel=1e-5)
     assert ret(reward_credit='running_max') == pytest.approx(0.08, rel=1e-5)
     assert ret(reward_credit='running_max', reward_scale=0.5) == pytest.approx(0.04, rel=1e-5)
+    # A floor above the presses' pay takes it all away; one at or below it keeps every press.
+    assert ret(reward_floor=0.1) == 0.0
+    assert ret(reward_floor=0.08) == pytest.approx(16 * 0.08, rel=1e-5)
+
+
+def test_reward_floor_zeroes_only_the_rewards_below_it_before_the_scale():
+    """gamma = lam = 1, zero values: R_0 sums the rewards of states 1..S-1 that survive the
+    floor (0.3 and 0.9 of 0.3, 0.2, 0.9, -0.4 at floor 0.25; a negative reward is below every
+    floor), and the floor reads the head's rewards, not the scaled ones."""
+    reward = jnp.array([[0.7, 0.3, 0.2, 0.9, -0.4]])
+    zeros = jnp.zeros_like(reward)
+
+    def ret(**kw):
+        _, m = rl.imagination_loss_terms(
+            zeros, zeros, zeros, lambda t: t**2, reward, gamma=1.0, lam=1.0, alpha=0.5,
+            beta=0.3, num_value_offsets=1, **kw,
+        )  # fmt: skip
+        return float(m['imagine/return'])
+
+    assert ret() == pytest.approx(0.3 + 0.2 + 0.9 - 0.4, rel=1e-5)
+    assert ret(reward_floor=0.25) == pytest.approx(1.2, rel=1e-5)
+    assert ret(reward_floor=0.25, reward_scale=0.5) == pytest.approx(0.6, rel=1e-5)
+    assert ret(reward_floor=0.25, reward_credit='running_max') == pytest.approx(0.9, rel=1e-5)
 
 
 def test_imagination_loss_terms_are_pmpo_and_masked_mtp_value():
