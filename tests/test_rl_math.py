@@ -226,19 +226,25 @@ def test_running_max_credit_pays_each_rollout_its_best_reward_once():
         rl.credited_rewards(r, 'mean')
 
 
+def _undiscounted_return(reward, **kw):
+    """imagine/return of rl.imagination_loss_terms with gamma = lam = 1 and zero values: the mean
+    over rollouts of R_0, the sum of the (transformed) rewards of states 1..S-1."""
+    zeros = jnp.zeros_like(reward)
+    _, m = rl.imagination_loss_terms(
+        zeros, zeros, zeros, lambda t: t**2, reward, gamma=1.0, lam=1.0, alpha=0.5, beta=0.3,
+        num_value_offsets=1, **kw,
+    )  # fmt: skip
+    return float(m['imagine/return'])
+
+
 def test_imagination_loss_terms_apply_the_reward_credit_after_the_scale():
     """With gamma = lam = 1 and zero values, R_0 of a rollout is the sum of its credited rewards:
     sixteen presses paid 0.08 each return 16 * 0.08 summed and 0.08 under running_max."""
     b, s = 1, 17
     reward = jnp.concatenate([jnp.zeros((b, 1)), jnp.full((b, s - 1), 0.08)], axis=1)
-    zeros = jnp.zeros((b, s))
 
     def ret(**kw):
-        _, m = rl.imagination_loss_terms(
-            zeros, zeros, zeros, lambda t: t**2, reward, gamma=1.0, lam=1.0, alpha=0.5,
-            beta=0.3, num_value_offsets=1, **kw,
-        )  # fmt: skip
-        return float(m['imagine/return'])
+        return _undiscounted_return(reward, **kw)
 
     assert ret() == pytest.approx(16 * 0.08, rel=1e-5)
     assert ret(reward_credit='running_max') == pytest.approx(0.08, rel=1e-5)
@@ -253,14 +259,9 @@ def test_reward_floor_zeroes_only_the_rewards_below_it_before_the_scale():
     floor (0.3 and 0.9 of 0.3, 0.2, 0.9, -0.4 at floor 0.25; a negative reward is below every
     floor), and the floor reads the head's rewards, not the scaled ones."""
     reward = jnp.array([[0.7, 0.3, 0.2, 0.9, -0.4]])
-    zeros = jnp.zeros_like(reward)
 
     def ret(**kw):
-        _, m = rl.imagination_loss_terms(
-            zeros, zeros, zeros, lambda t: t**2, reward, gamma=1.0, lam=1.0, alpha=0.5,
-            beta=0.3, num_value_offsets=1, **kw,
-        )  # fmt: skip
-        return float(m['imagine/return'])
+        return _undiscounted_return(reward, **kw)
 
     assert ret() == pytest.approx(0.3 + 0.2 + 0.9 - 0.4, rel=1e-5)
     assert ret(reward_floor=0.25) == pytest.approx(1.2, rel=1e-5)
