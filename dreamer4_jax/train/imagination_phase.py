@@ -193,15 +193,14 @@ def make_phase(
         raise ConfigError(
             f'config.imagination: context={context} and horizon={horizon} must be >= 1'
         )
-    if str(ic.get('continuation', 'ones')) not in rl.CONTINUATIONS:
-        raise ConfigError(
-            f'config.imagination.continuation={ic.continuation!r}: choose one of {rl.CONTINUATIONS}'
-        )
-    if str(ic.get('reward_credit', 'sum')) not in rl.REWARD_CREDITS:
-        raise ConfigError(
-            f'config.imagination.reward_credit={ic.reward_credit!r}: choose one of '
-            f'{rl.REWARD_CREDITS}'
-        )
+    for name, default, choices in (
+        ('continuation', 'ones', rl.CONTINUATIONS),
+        ('reward_credit', 'sum', rl.REWARD_CREDITS),
+    ):
+        if str(ic.get(name, default)) not in choices:
+            raise ConfigError(
+                f'config.imagination.{name}={ic.get(name)!r}: choose one of {choices}'
+            )
     ladder = uniform_prompt_ladder(config)
     for name in ('reward_scale', 'advantage_deadzone', 'reward_floor'):
         if float(ic.get(name, 0.0)) < 0:
