@@ -256,6 +256,28 @@ def frame_rewards(batch: dict, task_B: Array) -> Array:
     return jnp.take_along_axis(tr_BTK, idx, axis=2)[..., 0].astype(jnp.float32)
 
 
+def health_rewards(batch: dict) -> Array:
+    """Craftax-Classic's health term of the reward that arrives with frame t, [B, T].
+
+    The game pays 1 per achievement unlocked for the first time plus 0.1 per health point gained
+    or lost on the transition (`batch['reward']`). With task events 'first' over the 22
+    achievements, `batch['task_reward']` holds the first part, so the env reward minus their sum
+    is the second: -0.2 for a zombie's hit, +0.1 for a point healed back.
+    """
+    return batch['reward'].astype(jnp.float32) - jnp.sum(batch['task_reward'], axis=-1)
+
+
+def with_health_reward(batch: dict, weight: float) -> dict:
+    """`batch` whose every task's reward also carries `weight` times the health term
+    (`health_rewards`; config.agent.health_reward, not in the paper [U]). Weight 1 makes each
+    task's reward the game's own reward restricted to that task's achievement: the prompted
+    achievement plus 0.1 per health point. Weight 0 returns `batch` itself."""
+    if weight == 0:
+        return batch
+    health_BT = health_rewards(batch)
+    return {**batch, 'task_reward': batch['task_reward'] + weight * health_BT[..., None]}
+
+
 def reward_targets(batch: dict, task_B: Array, num_offsets: int) -> tuple[Array, Array]:
     """Reward targets (reward [B,T,N], valid [B,T,N]) with entry (t, n) = reward of frame t+n."""
     r_BT = frame_rewards(batch, task_B)

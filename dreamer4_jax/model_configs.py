@@ -251,6 +251,11 @@ def agent_config_dict(**overrides) -> ml_collections.ConfigDict:
     # window, so refused presses become reward targets of 0 under their own task;
     # world_model.row_tasks).
     c.uniform_prompts = 'random'
+    # Weight of Craftax's health term (0.1 per health point gained or lost) in every task's
+    # reward target (agent.with_health_reward; not in the paper [U], whose Minecraft tasks pay
+    # only on success). 0: off; 1: each task's reward is the game's own reward for its
+    # achievement, so phase 3's imagined returns also count the damage taken on the way.
+    c.health_reward = 0.0
     c.eval_windows = 0  # held-out windows for the BC / reward metrics; 0: data.eval_batch_size
     c.update(overrides)
     return c

@@ -39,7 +39,12 @@ import numpy as np
 import optax
 
 from dreamer4_jax import generation, losses, pretrained, shortcut, world_model
-from dreamer4_jax.agent import AgentHeads, agent_loss_terms, batch_majority_accuracy
+from dreamer4_jax.agent import (
+    AgentHeads,
+    agent_loss_terms,
+    batch_majority_accuracy,
+    with_health_reward,
+)
 from dreamer4_jax.config_checks import ConfigError
 from dreamer4_jax.dynamics import align_actions
 from dreamer4_jax.envs.craftax import ACTION_ACHIEVEMENT
@@ -58,6 +63,7 @@ TERMS = ('dynamics', 'bc', 'reward')
 __all__ = [
     'build_world_model',
     'finetune_loss',
+    'health_reward_weight',
     'held_out_heads',
     'held_out_metrics',
     'make_phase',
@@ -172,6 +178,7 @@ def held_out_metrics(
     batch: dict,
     rng: jax.Array,
     groups: dict[str, jax.Array] | None = None,
+    health_reward: float = 0.0,
 ) -> dict[str, jax.Array]:
     """BC / reward quality on held-out windows in the inference setting: every frame committed
     at the context signal level, as imagination and the closed loop commit them (one pass over
@@ -183,11 +190,14 @@ def held_out_metrics(
     'relevant' is always added: the windows in which an achievement unlocks, prompted with it,
     the kind of window BC trains on (PAPER 9.3); the other windows get a random task, so the
     accuracy over all windows also scores the policy under prompts it never learned to follow.
+    The reward head is scored against the targets it trains on (`health_reward`: the weight of
+    the health term in them, agent.with_health_reward).
     """
     batch = {k: v for k, v in batch.items() if k not in ('task_id', 'relevant')}
     policy, reward, task_B, relevant_B = held_out_heads(
         wm, tok_model, params, tok_params, batch, rng
     )
+    batch = with_health_reward(batch, health_reward)
     groups = {**(groups or {}), 'relevant': relevant_B}
     heads = wm.heads
     every = jnp.ones((task_B.shape[0],), bool)
@@ -249,6 +259,7 @@ class AgentStep:
     rms_beta: float
     ema_decay: float  # 0: no EMA
     pressed_task: tuple[int, ...] | None = None  # config.agent.uniform_prompts='pressed'
+    health_reward: float = 0.0  # config.agent.health_reward (agent.with_health_reward)
 
 
 def step_terms(s: AgentStep, batch, rng, consts, use_dynamics: bool):
@@ -256,6 +267,8 @@ def step_terms(s: AgentStep, batch, rng, consts, use_dynamics: bool):
     the step's task prompts, row choices and clean latents)."""
     k_task, k_loss = jax.random.split(rng)
     task_B, relevant_B = row_tasks(batch, s.wm.heads.config.num_tasks, k_task, s.pressed_task)
+    # After the prompts: which task a window is about stays the achievement's, not the health's.
+    batch = with_health_reward(batch, s.health_reward)
     rows = {term: _rows(choice, relevant_B) for term, choice in s.rows}
     z1 = batch_latents(s.tokenizer, batch, consts)
     return functools.partial(
@@ -311,6 +324,26 @@ def uniform_prompt_table(config: ml_collections.ConfigDict) -> tuple[int, ...] |
             f'place/make actions); config.data.source={source!r} has none'
         )
     return tuple(int(t) for t in ACTION_ACHIEVEMENT)
+
+
+def health_reward_weight(config: ml_collections.ConfigDict) -> float:
+    """config.agent.health_reward, checked: >= 0, and above 0 only on Craftax data whose task
+    events are first unlocks, where the env reward minus the task rewards is the health term
+    (agent.health_rewards)."""
+    weight = float(config.agent.get('health_reward', 0.0))
+    if weight < 0:
+        raise ConfigError(f'config.agent.health_reward={weight} must be >= 0 (0 = off)')
+    if weight == 0:
+        return 0.0
+    source = config.data.get('source', '')
+    events = config.data.get('collect', {}).get('task_events', 'first')
+    if source != 'craftax' or events != 'first':
+        raise ConfigError(
+            f'config.agent.health_reward={weight} reads the health term as the env reward minus '
+            "the achievements' first unlocks: it needs config.data.source='craftax' with "
+            f"collect.task_events='first' (here source={source!r}, task_events={events!r})"
+        )
+    return weight
 
 
 def make_phase(
@@ -370,6 +403,7 @@ def make_phase(
         rms_beta=float(ac.rms_beta),
         ema_decay=float(ac.get('ema_decay', 0.0)),
         pressed_task=uniform_prompt_table(config),
+        health_reward=health_reward_weight(config),
     )
     if not 0.0 <= step.ema_decay < 1.0:
         raise ConfigError(f'config.agent.ema_decay={step.ema_decay} must be in [0, 1) (0 = off)')
@@ -393,7 +427,9 @@ def make_phase(
     def frozen_tokenizer():
         return tok_params if tok_params is not None else tok_run.params()
 
-    held_out = jax.jit(functools.partial(held_out_metrics, wm, step.tokenizer))
+    held_out = jax.jit(
+        functools.partial(held_out_metrics, wm, step.tokenizer, health_reward=step.health_reward),
+    )
 
     def evaluate(state, step_, workdir):
         del step_, workdir
