@@ -1,5 +1,7 @@
 """Agent finetuning (phase 2) and imagination training (phase 3) steps on a tiny model."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -172,6 +174,22 @@ def test_uniform_prompts_setting_is_checked():
         agent_phase.uniform_prompt_table(config)
 
 
+def test_health_reward_setting_is_checked():
+    config = _config('agent')
+    assert agent_phase.health_reward_weight(config) == 0.0  # the default: off
+    config.agent.health_reward = -0.5
+    with pytest.raises(ConfigError, match='health_reward=-0.5 must be >= 0'):
+        agent_phase.health_reward_weight(config)
+    config.agent.health_reward = 1.0
+    with pytest.raises(ConfigError, match="source=''"):
+        agent_phase.health_reward_weight(config)  # no health term in this data
+    config.data.source = 'craftax'
+    assert agent_phase.health_reward_weight(config) == 1.0
+    config.data.collect = ml_collections.ConfigDict({'task_events': 'every'})
+    with pytest.raises(ConfigError, match="task_events='every'"):
+        agent_phase.health_reward_weight(config)  # repeats: the reward is no longer their sum
+
+
 def test_imagination_ladder_prompts_setting_is_checked():
     """imagination.uniform_prompts='ladder' hands closed_loop.ladder to the data (which puts
     the prompt in task_id, relevant False) and row_tasks takes it; it needs uniform windows."""
@@ -228,6 +246,47 @@ def test_agent_step_starts_from_the_dynamics_checkpoint_and_freezes_value(pretra
         'agent/task_embed',
     ):
         assert any(c.startswith(prefix) for c in changed), prefix
+
+
+def _hit(batch):
+    """`batch` where a zombie's hit (-0.2, the env reward's health term) arrives with frame 2
+    of rows 1 and 3, so no row's task or relevance changes."""
+    reward = np.asarray(batch['reward']).copy()
+    reward[[1, 3], 2] -= 0.2
+    return {**batch, 'reward': jnp.asarray(reward)}
+
+
+def test_the_agent_step_and_held_out_metrics_train_on_the_health_term(pretrained, agent_run):
+    tok, (_, dyn_run) = pretrained
+    # After one step: the reward head's output layer starts at zero (every target equally likely).
+    phase, _, state, _, config = agent_run
+    step = phase.train_step.args[0]
+    consts = {'tokenizer': tok[0]}
+    hit = _hit(_batch())
+    # By hand: the hit is every task's reward at frame 2 of those rows.
+    by_hand = np.asarray(hit['task_reward']).copy()
+    by_hand[[1, 3], 2, :] -= 0.2
+    by_hand = {**hit, 'task_reward': jnp.asarray(by_hand)}
+
+    def reward_term(s, batch):
+        terms, _ = agent_phase.step_terms(s, batch, jax.random.key(3), consts, True)(state.params)
+        return float(terms['reward'])
+
+    weighted = dataclasses.replace(step, health_reward=1.0)
+    np.testing.assert_allclose(reward_term(weighted, hit), reward_term(step, by_hand), rtol=1e-6)
+    assert abs(reward_term(weighted, hit) - reward_term(step, hit)) > 1e-4
+    # The held-out reward metrics score the same targets.
+    wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], config.agent)
+
+    def held_out(batch, weight):
+        out = agent_phase.held_out_metrics(
+            wm, Tokenizer(tok[1]), state.params, tok[0], batch, jax.random.key(0),
+            health_reward=weight,
+        )  # fmt: skip
+        return float(out['reward_nll']), float(out['reward_abs_err_offset0'])
+
+    np.testing.assert_allclose(held_out(hit, 1.0), held_out(by_hand, 0.0), rtol=1e-6)
+    assert abs(held_out(hit, 1.0)[0] - held_out(hit, 0.0)[0]) > 1e-4
 
 
 def test_bc_baseline_from_scratch_without_dynamics_loss(pretrained):

@@ -11,10 +11,12 @@ from dreamer4_jax.agent import (
     AgentHeads,
     agent_loss_terms,
     batch_majority_accuracy,
+    health_rewards,
     init_agent_params,
     majority_accuracy,
     policy_targets,
     reward_targets,
+    with_health_reward,
 )
 from dreamer4_jax.distributions import ActionDist, TwoHot
 from dreamer4_jax.train.agent_phase import policy_groups
@@ -89,6 +91,45 @@ def test_reward_targets_offset_n_is_the_reward_of_frame_t_plus_n():
     # Task selection: row 0 rewards are task 1's column only.
     other, _ = reward_targets(batch, jnp.asarray([2, 2]), 3)
     assert float(jnp.sum(other[0])) == 0.0
+
+
+def _craftax_rewards():
+    """One row of 5 frames over 3 achievements: the env reward is the count of first unlocks
+    plus 0.1 per health point (frame 1: an unlock; 2: a zombie's hit; 3: an unlock and a point
+    lost to hunger; 4: a point healed back)."""
+    task_reward = np.zeros((1, 5, 3), np.float32)
+    task_reward[0, 1, 0] = 1.0
+    task_reward[0, 3, 2] = 1.0
+    reward = np.asarray([[0.0, 1.0, -0.2, 0.9, 0.1]], np.float32)
+    is_first = np.zeros((1, 5), bool)
+    is_first[0, 0] = True
+    return {
+        'reward': jnp.asarray(reward),
+        'task_reward': jnp.asarray(task_reward),
+        'is_first': jnp.asarray(is_first),
+    }
+
+
+def test_health_rewards_are_the_env_reward_less_the_first_unlocks():
+    np.testing.assert_allclose(
+        health_rewards(_craftax_rewards()), [[0.0, 0.0, -0.2, -0.1, 0.1]], atol=1e-6
+    )
+
+
+def test_health_reward_joins_every_tasks_reward_target():
+    batch = _craftax_rewards()
+    assert with_health_reward(batch, 0.0) is batch  # off: the batch itself
+    half = with_health_reward(batch, 0.5)
+    health = np.asarray([0.0, 0.0, -0.1, -0.05, 0.05])
+    # Task 0 keeps its unlock at frame 1, task 2 its unlock at frame 3; all carry the health.
+    np.testing.assert_allclose(half['task_reward'][0, :, 0], health + [0, 1, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(half['task_reward'][0, :, 1], health, atol=1e-6)
+    np.testing.assert_allclose(half['task_reward'][0, :, 2], health + [0, 0, 0, 1, 0], atol=1e-6)
+    np.testing.assert_array_equal(half['reward'], batch['reward'])
+    # The multi-token targets read it as any reward: offset n at frame t is frame t + n's.
+    rewards, valid = reward_targets(with_health_reward(batch, 1.0), jnp.asarray([2]), 2)
+    np.testing.assert_allclose(rewards[0, :4, 1], [0.0, -0.2, 0.9, 0.1], atol=1e-6)
+    assert bool(valid[0, 3, 1]) and not bool(valid[0, 4, 1])
 
 
 def test_heads_have_one_output_layer_per_offset():
