@@ -56,7 +56,10 @@ def get_config(arg: str | None = None):
     # Phase 3 keeps craftax_tiny's beta = 1. On the 8-layer run below, PAPER 10.3's 0.3 returned
     # 4.73 against WM+BC's 5.31 (512 episodes), and so did every variant that let the policy
     # move (until_reward, the ladder's prompts only, horizon 8: 4.83-4.90): each made fewer wood
-    # and stone pickaxes (README, "Phase 3 variants on the 8-layer run").
+    # and stone pickaxes (README, "Phase 3 variants on the 8-layer run"). Phase 2 with Craftax's
+    # health term in the task rewards (agent.health_reward = 1) made it lose more (4.50 / 4.29
+    # against 4.95, seeds 0 / 1): its reward head does not see a hit (README, "The health term
+    # in phase 3"), so the term stays off.
     # BC on the task-relevant half of each batch only, as PAPER 9.3 does (craftax_tiny clones
     # every window). Over 512 real episodes on the 4-layer dynamics run, WM+BC unlocked 2.25 /
     # 2.45 ladder tasks per episode against 1.86 / 1.95 for BC from scratch (seeds 0 / 1,
