@@ -272,9 +272,9 @@ def test_the_agent_step_and_held_out_metrics_train_on_the_health_term(pretrained
         terms, _ = agent_phase.step_terms(s, batch, jax.random.key(3), consts, True)(state.params)
         return float(terms['reward'])
 
-    weighted = dataclasses.replace(step, health_reward=1.0)
-    np.testing.assert_allclose(reward_term(weighted, hit), reward_term(step, by_hand), rtol=1e-6)
-    assert abs(reward_term(weighted, hit) - reward_term(step, hit)) > 1e-4
+    with_term = reward_term(dataclasses.replace(step, health_reward=1.0), hit)
+    np.testing.assert_allclose(with_term, reward_term(step, by_hand), rtol=1e-6)
+    assert abs(with_term - reward_term(step, hit)) > 1e-4
     # The held-out reward metrics score the same targets.
     wm = agent_phase.build_world_model(dyn_run.dynamics, tok[1], config.agent)
 
@@ -285,8 +285,9 @@ def test_the_agent_step_and_held_out_metrics_train_on_the_health_term(pretrained
         )  # fmt: skip
         return float(out['reward_nll']), float(out['reward_abs_err_offset0'])
 
-    np.testing.assert_allclose(held_out(hit, 1.0), held_out(by_hand, 0.0), rtol=1e-6)
-    assert abs(held_out(hit, 1.0)[0] - held_out(hit, 0.0)[0]) > 1e-4
+    with_term = held_out(hit, 1.0)
+    np.testing.assert_allclose(with_term, held_out(by_hand, 0.0), rtol=1e-6)
+    assert abs(with_term[0] - held_out(hit, 0.0)[0]) > 1e-4
 
 
 def test_bc_baseline_from_scratch_without_dynamics_loss(pretrained):
