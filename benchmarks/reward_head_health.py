@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from dreamer4_jax import pretrained
-from dreamer4_jax.agent import health_rewards
+from dreamer4_jax.agent import frame_rewards, health_rewards
 from dreamer4_jax.tokenizer import Tokenizer
 from dreamer4_jax.train import agent_phase, data_sources
 
@@ -75,9 +75,8 @@ def probe(run: pretrained.Pretrained, windows: int, chunk: int, seed: int) -> di
         rng = jax.random.fold_in(jax.random.key(seed), start)
         _, logits, task_B, _ = heads(params, tok_params, part, rng)
         pred_BT = np.asarray(wm.heads.config.reward_dist.mean(logits[:, :, 0]))
-        tr_BTK = np.asarray(part['task_reward'])
-        unlock_BT = np.take_along_axis(tr_BTK, np.asarray(task_B)[:, None, None], axis=2)[..., 0]
-        labeled = ~np.asarray(part['is_first'])  # frame 0's reward belongs to a step before it
+        unlock_BT = np.asarray(frame_rewards(part, task_B))
+        labeled = ~np.asarray(part['is_first'])  # no transition leads into an episode's first frame
         predicted.append(pred_BT[labeled])
         health.append(np.asarray(health_rewards(part))[labeled])
         unlock.append(unlock_BT[labeled])
